@@ -1,0 +1,26 @@
+//! # oxcrypt-core
+//!
+//! Cryptomator vault format 8 without FUSE or io_uring: key files, the signed vault
+//! configuration, name encryption and shortening, chunked content encryption for SIV_GCM and
+//! SIV_CTRMAC, and a thread-safe [`Vault`] API over a ciphertext directory.
+//!
+//! Reading order: [`keys`] → [`masterkey_file`] → [`config`] → [`names`] → [`content`] →
+//! [`vault`] → [`check`].
+
+pub mod check;
+pub mod config;
+pub mod content;
+pub mod error;
+pub mod fsutil;
+pub mod keys;
+pub mod masterkey_file;
+pub mod names;
+pub mod random;
+pub mod vault;
+
+pub use config::VaultConfig;
+pub use content::{CipherCombo, ContentCryptor, FileHeader, CHUNK_SIZE};
+pub use error::{ContentPart, CryptoError, Error, Result};
+pub use keys::MasterKeys;
+pub use names::NameCodec;
+pub use vault::{Attr, CreateOptions, DirId, FileHandle, Node, NodeKind, Vault};
