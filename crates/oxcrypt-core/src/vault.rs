@@ -917,6 +917,26 @@ impl Vault {
         p.len() >= a.len() && p[..a.len()] == a[..]
     }
 
+    /// Visits `node` and everything below it depth-first, entries sorted by name. `path` is
+    /// the cleartext path of `node` (`""` for the root); the visitor gets each path and node.
+    pub fn walk(
+        &self,
+        path: &str,
+        node: &Node,
+        visit: &mut dyn FnMut(&str, &Node) -> Result<()>,
+    ) -> Result<()> {
+        visit(path, node)?;
+        if let NodeKind::Directory(id) = &node.kind {
+            let mut children = self.list(id)?;
+            children.sort_by(|a, b| a.name.cmp(&b.name));
+            for child in &children {
+                let child_path = format!("{path}/{}", child.name);
+                self.walk(&child_path, child, visit)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Sets the permission bits of a node.
     pub fn set_perm(&self, node: &Node, perm: u32) -> Result<()> {
         let path = self.attr_path(node);
