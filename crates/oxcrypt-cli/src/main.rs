@@ -1,1 +1,281 @@
-fn main(){}
+//! `oxcrypt`: create, inspect, edit and verify Cryptomator vaults (format 8) from the shell.
+//!
+//! This file holds the command-line definition and the dispatch; each command lives in
+//! `commands.rs`, file transfer in `transfer.rs`, password handling in `password.rs`.
+
+mod commands;
+mod password;
+mod transfer;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Exit status: success.
+const EXIT_OK: u8 = 0;
+/// Exit status: any error.
+const EXIT_ERROR: u8 = 1;
+/// Exit status: wrong password.
+const EXIT_WRONG_PASSWORD: u8 = 3;
+/// Exit status: `check` found problems.
+const EXIT_CHECK_FAILED: u8 = 4;
+
+const EXIT_CODES: &str = "\
+EXIT STATUS:
+  0  success
+  1  error (message on stderr)
+  2  invalid command line
+  3  wrong password
+  4  check found problems in the vault
+
+PASSWORD:
+  Every command that unlocks a vault reads the password from, in this order:
+  --password-file FILE (first line), the environment variable OXCRYPT_PASSWORD (meant for
+  scripts and tests; other users may see a process environment on some systems), or an
+  echo-less prompt on the terminal.
+
+COMPATIBILITY:
+  Vaults are Cryptomator vault format 8 (SIV_GCM or SIV_CTRMAC), byte-compatible with
+  Cryptomator 1.6 and later in both directions.";
+
+#[derive(Parser)]
+#[command(
+    name = "oxcrypt",
+    version,
+    about = "Create, inspect and edit Cryptomator-compatible encrypted vaults",
+    long_about = "oxcrypt works on Cryptomator vaults (vault format 8) without mounting them: create a \
+                  vault, list and print its files, copy trees in and out, rename and delete, change \
+                  the password, and verify every byte of it.",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Read the vault password from the first line of FILE.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// More log output on stderr (-v: info, -vv: debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Content cipher of a new vault.
+#[derive(Clone, Copy, ValueEnum)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum CipherArg {
+    /// AES-GCM content (Cryptomator 1.7+ default).
+    #[value(name = "SIV_GCM")]
+    SivGcm,
+    /// AES-CTR + HMAC content (what Cryptomator 1.6 created).
+    #[value(name = "SIV_CTRMAC")]
+    SivCtrMac,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new, empty vault.
+    #[command(after_help = "VAULT must not exist or be an empty directory. The password is asked \
+                            twice on a terminal. masterkey.cryptomator is written with mode 0600.")]
+    Init {
+        /// Directory of the new vault.
+        vault: PathBuf,
+        /// Content cipher.
+        #[arg(long, value_enum, default_value = "SIV_GCM")]
+        cipher: CipherArg,
+        /// scrypt cost N (a power of two). Cryptomator uses 32768; small values are only for tests.
+        #[arg(long, default_value_t = 32768, value_name = "N")]
+        scrypt_cost: u64,
+    },
+    /// Show the vault's format, cipher and key parameters.
+    Info {
+        /// The vault directory.
+        vault: PathBuf,
+    },
+    /// List a directory of the vault.
+    Ls {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Path inside the vault.
+        #[arg(default_value = "/")]
+        path: String,
+        /// Long format: type, permissions, size, modification time (UTC), name.
+        #[arg(short, long)]
+        long: bool,
+        /// List subdirectories recursively.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Print the directory tree of the vault.
+    Tree {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Path inside the vault.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Write a file's cleartext to stdout.
+    Cat {
+        /// The vault directory.
+        vault: PathBuf,
+        /// File inside the vault.
+        path: String,
+    },
+    /// Decrypt a file or a whole tree from the vault to a local path (like `cp -r`).
+    #[command(after_help = "If DEST is an existing directory, SRC is copied into it under its own \
+                            name; otherwise DEST is the new name. Existing files are overwritten. \
+                            Symlinks are copied as symlinks.")]
+    Get {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Path inside the vault.
+        src: String,
+        /// Local destination.
+        dest: PathBuf,
+    },
+    /// Encrypt a local file or tree into the vault (like `cp -r`).
+    #[command(after_help = "If DEST is an existing directory in the vault, SRC is copied into it \
+                            under its own name; otherwise DEST is the new name. Existing files are \
+                            overwritten. Symlinks are stored as symlinks; sockets, FIFOs and devices \
+                            are skipped with a warning.")]
+    Put {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Local file or directory.
+        src: PathBuf,
+        /// Path inside the vault.
+        dest: String,
+    },
+    /// Create a directory in the vault.
+    Mkdir {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Directory to create.
+        path: String,
+        /// Create missing parents; no error if it exists.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Move or rename a file, symlink or directory inside the vault.
+    #[command(after_help = "If DEST is an existing directory, SRC moves into it. An existing file \
+                            DEST is replaced; an existing directory is replaced only when empty.")]
+    Mv {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Path to move.
+        src: String,
+        /// New path.
+        dest: String,
+    },
+    /// Remove files, symlinks or (with -r) directories from the vault.
+    Rm {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Paths to remove.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// Remove directories and their contents.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Ignore paths that do not exist.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Create a symbolic link in the vault (hard links do not exist in the format).
+    Ln {
+        /// Make a symbolic link (required).
+        #[arg(short = 's', long = "symbolic", required = true)]
+        symbolic: bool,
+        /// The vault directory.
+        vault: PathBuf,
+        /// What the link points to (stored as given, may dangle).
+        target: String,
+        /// Path of the new link.
+        link: String,
+    },
+    /// Change the vault password; the old masterkey file is kept as a .bkup file.
+    #[command(after_help = "The new password comes from --new-password-file, the environment \
+                            variable OXCRYPT_NEW_PASSWORD, or a prompt (asked twice). The master \
+                            keys do not change, so no file in the vault is re-encrypted. The old \
+                            masterkey.cryptomator is kept as masterkey.cryptomator.<hash>.bkup, as \
+                            Cryptomator does; delete it if the old password was compromised.")]
+    Passwd {
+        /// The vault directory.
+        vault: PathBuf,
+        /// Read the new password from the first line of FILE.
+        #[arg(long, value_name = "FILE")]
+        new_password_file: Option<PathBuf>,
+    },
+    /// Verify every header, chunk, name and directory link; list every problem.
+    #[command(after_help = "Exits with status 4 if any error was found. Orphan content \
+                            directories are reported as warnings and do not change the status.")]
+    Check {
+        /// The vault directory.
+        vault: PathBuf,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OXCRYPT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.global.verbose);
+    let result = run(cli);
+    match result {
+        Ok(code) => ExitCode::from(code),
+        // (EXIT_OK and EXIT_CHECK_FAILED come back as Ok codes from the commands.)
+        Err(e) => {
+            let wrong_password = e
+                .chain()
+                .any(|c| matches!(c.downcast_ref::<oxcrypt_core::Error>(), Some(oxcrypt_core::Error::WrongPassword)));
+            let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("oxcrypt: {}", msg.join(": "));
+            ExitCode::from(if wrong_password { EXIT_WRONG_PASSWORD } else { EXIT_ERROR })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    use commands as c;
+    match cli.command {
+        Command::Init { vault, cipher, scrypt_cost } => c::init(g, &vault, cipher, scrypt_cost),
+        Command::Info { vault } => c::info(g, &vault),
+        Command::Ls { vault, path, long, recursive } => c::ls(g, &vault, &path, long, recursive),
+        Command::Tree { vault, path } => c::tree(g, &vault, &path),
+        Command::Cat { vault, path } => c::cat(g, &vault, &path),
+        Command::Get { vault, src, dest } => transfer::get(g, &vault, &src, &dest),
+        Command::Put { vault, src, dest } => transfer::put(g, &vault, &src, &dest),
+        Command::Mkdir { vault, path, parents } => c::mkdir(g, &vault, &path, parents),
+        Command::Mv { vault, src, dest } => c::mv(g, &vault, &src, &dest),
+        Command::Rm { vault, paths, recursive, force } => c::rm(g, &vault, &paths, recursive, force),
+        Command::Ln { vault, target, link, .. } => c::ln(g, &vault, &target, &link),
+        Command::Passwd { vault, new_password_file } => c::passwd(g, &vault, new_password_file.as_deref()),
+        Command::Check { vault } => c::check(g, &vault),
+    }
+}
+
+/// Exit code for a failed check (used by `commands::check`).
+pub const fn check_failed_code() -> u8 {
+    EXIT_CHECK_FAILED
+}

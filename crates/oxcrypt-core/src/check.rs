@@ -1,1 +1,197 @@
-//! Integrity check (todo)
+//! Integrity check of a whole vault: every header, chunk, name and directory link is verified
+//! and every problem is collected (nothing stops at the first one).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::names::NameCodec;
+use crate::vault::{DirId, Node, NodeKind, Vault, NAME_FILE};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Data cannot be read or the tree is broken.
+    Error,
+    /// Harmless leftovers (e.g. orphan content directories).
+    Warning,
+}
+
+/// One finding of [`check`].
+#[derive(Debug)]
+pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
+    /// Cleartext path, when known.
+    pub cleartext: Option<String>,
+    /// What is wrong, naming the ciphertext path.
+    pub message: String,
+}
+
+/// The outcome of [`check`].
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Every finding, in walk order.
+    pub problems: Vec<Problem>,
+    /// Regular files verified.
+    pub files: u64,
+    /// Directories verified.
+    pub dirs: u64,
+    /// Symlinks verified.
+    pub symlinks: u64,
+    /// Cleartext bytes authenticated.
+    pub bytes: u64,
+}
+
+impl CheckReport {
+    /// Number of findings of severity [`Severity::Error`].
+    pub fn errors(&self) -> usize {
+        self.problems.iter().filter(|p| p.severity == Severity::Error).count()
+    }
+
+    fn error(&mut self, cleartext: Option<&str>, e: impl std::fmt::Display) {
+        self.problems.push(Problem {
+            severity: Severity::Error,
+            cleartext: cleartext.map(String::from),
+            message: e.to_string(),
+        });
+    }
+}
+
+/// Verifies the whole vault. `progress` is called with the number of cleartext bytes
+/// authenticated so far.
+pub fn check(vault: &Vault, progress: &mut dyn FnMut(u64)) -> Result<CheckReport> {
+    let mut report = CheckReport::default();
+    let mut visited: HashSet<PathBuf> = HashSet::new();
+    let root = vault.root_id().clone();
+    check_dir(vault, &root, "/", &mut report, &mut visited, progress)?;
+    find_orphans(vault, &visited, &mut report)?;
+    Ok(report)
+}
+
+fn check_dir(
+    vault: &Vault,
+    id: &DirId,
+    path: &str,
+    report: &mut CheckReport,
+    visited: &mut HashSet<PathBuf>,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let content_dir = vault.content_dir(id);
+    if !visited.insert(content_dir.clone()) {
+        report.error(Some(path), format!("{}: directory id is used twice (loop or copied dir.c9r)", content_dir.display()));
+        return Ok(());
+    }
+    report.dirs += 1;
+    match vault.read_dirid_backup(id) {
+        Ok(Some(backup)) if backup != **id => report.error(
+            Some(path),
+            format!("{}: dirid.c9r names another directory", content_dir.display()),
+        ),
+        Ok(_) => {}
+        Err(e) => report.error(Some(path), e),
+    }
+    let entries = match vault.list_checked(id) {
+        Ok(entries) => entries,
+        Err(e) => {
+            report.error(Some(path), e);
+            return Ok(());
+        }
+    };
+    let mut nodes: Vec<Node> = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(node) => nodes.push(node),
+            Err(e) => report.error(None, e),
+        }
+    }
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    for node in nodes {
+        let child = if path == "/" {
+            format!("/{}", node.name)
+        } else {
+            format!("{path}/{}", node.name)
+        };
+        if node.shortened {
+            check_shortened_name(vault, id, &node, &child, report);
+        }
+        match &node.kind {
+            NodeKind::File => {
+                report.files += 1;
+                if let Err(e) = check_file(vault, &node, report, progress) {
+                    report.error(Some(&child), e);
+                }
+            }
+            NodeKind::Symlink => {
+                report.symlinks += 1;
+                if let Err(e) = vault.readlink(&node) {
+                    report.error(Some(&child), e);
+                }
+            }
+            NodeKind::Directory(child_id) => {
+                if !vault.content_dir(child_id).is_dir() {
+                    report.error(
+                        Some(&child),
+                        Error::BrokenNode {
+                            path: node.entry.clone(),
+                            why: "dir.c9r points to a missing content directory".into(),
+                        },
+                    );
+                    continue;
+                }
+                check_dir(vault, child_id, &child, report, visited, progress)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_shortened_name(vault: &Vault, parent: &DirId, node: &Node, clear: &str, report: &mut CheckReport) {
+    let long = vault.names().encrypt_name(parent, &node.name);
+    let expected = NameCodec::shortened_name(&long);
+    let actual = node.entry.file_name().map(|n| n.to_string_lossy().into_owned());
+    if actual.as_deref() != Some(expected.as_str()) {
+        report.error(
+            Some(clear),
+            format!("{}: .c9s name does not match the hash of its {NAME_FILE}", node.entry.display()),
+        );
+    }
+}
+
+fn check_file(vault: &Vault, node: &Node, report: &mut CheckReport, progress: &mut dyn FnMut(u64)) -> Result<()> {
+    let fh = vault.open_file(node, false)?;
+    let size = fh.size()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < size {
+        let n = fh.read_at(off, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        off += n as u64;
+        report.bytes += n as u64;
+        progress(report.bytes);
+    }
+    Ok(())
+}
+
+fn find_orphans(vault: &Vault, visited: &HashSet<PathBuf>, report: &mut CheckReport) -> Result<()> {
+    let d = vault.path().join("d");
+    let Ok(level1) = std::fs::read_dir(&d) else {
+        return Ok(());
+    };
+    for l1 in level1.flatten() {
+        let Ok(level2) = std::fs::read_dir(l1.path()) else { continue };
+        for l2 in level2.flatten() {
+            let p = l2.path();
+            if p.is_dir() && !visited.contains(&p) {
+                report.problems.push(Problem {
+                    severity: Severity::Warning,
+                    cleartext: None,
+                    message: format!("{}: orphan content directory (no dir.c9r points to it)", p.display()),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -589,7 +589,8 @@ impl Vault {
         Ok(Attr {
             kind,
             size,
-            perm: md.mode() & 0o7777,
+            // Symlink permissions are meaningless on Linux and always shown as 0777.
+            perm: if kind == FileType::Symlink { 0o777 } else { md.mode() & 0o7777 },
             uid: md.uid(),
             gid: md.gid(),
             nlink: if kind == FileType::Directory { 2 } else { 1 },
