@@ -1,0 +1,297 @@
+//! The `oxcrypt` binary end to end: a vault made with `init` + `put` round-trips through
+//! `get`, every edit command behaves like its shell namesake, and tampered ciphertext is
+//! reported by `check` and refused by reads.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use oxcrypt_core::Vault;
+
+const PW: &str = "correct horse";
+
+fn oxcrypt(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
+        .args(args)
+        .env("OXCRYPT_PASSWORD", PW)
+        .env_remove("OXCRYPT_NEW_PASSWORD")
+        .output()
+        .expect("run oxcrypt")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = oxcrypt(args);
+    assert!(
+        out.status.success(),
+        "oxcrypt {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    vault: PathBuf,
+    work: PathBuf,
+}
+
+fn new_vault(cipher: &str) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    let work = tmp.path().join("work");
+    fs::create_dir(&work).unwrap();
+    ok(&["init", s(&vault), "--cipher", cipher, "--scrypt-cost", "16"]);
+    Fixture { _tmp: tmp, vault, work }
+}
+
+/// A local tree with chunk-boundary sizes, a long name, a multibyte name, a symlink.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    for (name, size) in [("empty", 0usize), ("one", 1), ("almost", 32767), ("exact", 32768), ("over", 32769), ("three", 3 * 32768)] {
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        fs::write(root.join(name), data).unwrap();
+    }
+    fs::write(root.join("sub").join("n".repeat(200)), b"long name").unwrap();
+    fs::write(root.join("sub/deeper/żółw.txt"), "turtle").unwrap();
+    std::os::unix::fs::symlink("../one", root.join("sub/link")).unwrap();
+}
+
+fn diff(a: &Path, b: &Path) {
+    let out = Command::new("diff").args(["-r", "--no-dereference", s(a), s(b)]).output().unwrap();
+    assert!(out.status.success(), "trees differ:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn put_get_round_trip_both_ciphers() {
+    for cipher in ["SIV_GCM", "SIV_CTRMAC"] {
+        let f = new_vault(cipher);
+        let src = f.work.join("src");
+        make_tree(&src);
+        ok(&["put", s(&f.vault), s(&src), "/"]);
+        let out = f.work.join("out");
+        ok(&["get", s(&f.vault), "/src", s(&out)]);
+        diff(&src, &out);
+        let check = oxcrypt(&["check", s(&f.vault)]);
+        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        // The vault is a valid Cryptomator vault for the core library too.
+        let v = Vault::open(&f.vault, PW).unwrap();
+        assert_eq!(v.config().cipher_combo.name(), cipher);
+    }
+}
+
+#[test]
+fn ls_tree_cat_mkdir_mv_rm_ln() {
+    let f = new_vault("SIV_GCM");
+    let v = s(&f.vault);
+    let local = f.work.join("hello.txt");
+    fs::write(&local, "hello world\n").unwrap();
+    ok(&["mkdir", v, "/docs"]);
+    ok(&["mkdir", "-p", v, "/a/b/c"]);
+    ok(&["put", v, s(&local), "/docs"]);
+    assert_eq!(ok(&["cat", v, "/docs/hello.txt"]), "hello world\n");
+    assert_eq!(ok(&["ls", v]), "a\ndocs\n");
+    ok(&["mv", v, "/docs/hello.txt", "/a/b"]);
+    assert_eq!(ok(&["ls", v, "/a/b"]), "c\nhello.txt\n");
+    ok(&["ln", "-s", v, "b/hello.txt", "/a/link"]);
+    let long = ok(&["ls", "-l", v, "/a"]);
+    assert!(long.contains("link -> b/hello.txt"), "{long}");
+    assert!(long.starts_with("drwx"), "{long}");
+    let rec = ok(&["ls", "-R", v]);
+    assert!(rec.contains("/a/b:\nc\nhello.txt\n"), "{rec}");
+    let tree = ok(&["tree", v]);
+    assert!(tree.contains("└── docs") && tree.contains("4 directories, 2 files"), "{tree}");
+    // rm of a directory needs -r; -f ignores missing paths.
+    let out = oxcrypt(&["rm", v, "/a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+    ok(&["rm", "-r", v, "/a"]);
+    ok(&["rm", "-f", v, "/nothing"]);
+    assert_eq!(oxcrypt(&["rm", v, "/nothing"]).status.code(), Some(1));
+    assert_eq!(ok(&["ls", v]), "docs\n");
+    // Moving a directory into itself is refused.
+    ok(&["mkdir", v, "/docs/inner"]);
+    let out = oxcrypt(&["mv", v, "/docs", "/docs/inner"]);
+    assert!(!out.status.success());
+    // Hard links do not exist in the format.
+    assert_eq!(oxcrypt(&["ln", v, "x", "/y"]).status.code(), Some(2));
+}
+
+#[test]
+fn errors_and_exit_codes() {
+    let f = new_vault("SIV_GCM");
+    let v = s(&f.vault);
+    let out = Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
+        .args(["ls", v])
+        .env("OXCRYPT_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "one clear line");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"));
+    // init refuses a non-empty directory; the existing files stay untouched.
+    let busy = f.work.join("busy");
+    fs::create_dir(&busy).unwrap();
+    fs::write(busy.join("keep"), "x").unwrap();
+    let out = oxcrypt(&["init", s(&busy), "--scrypt-cost", "16"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(fs::read(busy.join("keep")).unwrap(), b"x");
+    // A malformed config is one clear line naming the file.
+    let bad = f.work.join("bad");
+    fs::create_dir(&bad).unwrap();
+    fs::write(bad.join("vault.cryptomator"), "garbage").unwrap();
+    fs::copy(f.vault.join("masterkey.cryptomator"), bad.join("masterkey.cryptomator")).unwrap();
+    let out = oxcrypt(&["ls", s(&bad)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("vault.cryptomator") && err.contains("malformed"), "{err}");
+    // No password source and no terminal: a clear message, not a hang.
+    let out = Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
+        .args(["ls", v])
+        .env_remove("OXCRYPT_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // --help documents the exit codes and the password variable.
+    let help = ok(&["--help"]);
+    assert!(help.contains("EXIT STATUS") && help.contains("OXCRYPT_PASSWORD"), "{help}");
+    // Masterkey file is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(f.vault.join("masterkey.cryptomator")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn passwd_keeps_a_backup_and_content() {
+    let f = new_vault("SIV_CTRMAC");
+    let v = s(&f.vault);
+    let local = f.work.join("x");
+    fs::write(&local, "kept").unwrap();
+    ok(&["put", v, s(&local), "/x"]);
+    let new_pw = f.work.join("newpw");
+    fs::write(&new_pw, "new password\n").unwrap();
+    ok(&["passwd", v, "--new-password-file", s(&new_pw)]);
+    let backups: Vec<_> = fs::read_dir(&f.vault)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bkup"))
+        .collect();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(oxcrypt(&["cat", v, "/x"]).status.code(), Some(3), "old password refused");
+    let out = oxcrypt(&["--password-file", s(&new_pw), "cat", v, "/x"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept");
+}
+
+/// Which ciphertext file holds a cleartext path.
+fn payload(vault: &Path, path: &str) -> PathBuf {
+    let v = Vault::open(vault, PW).unwrap();
+    v.resolve(path).unwrap().payload_path()
+}
+
+fn flip(path: &Path, offset: usize) {
+    let mut data = fs::read(path).unwrap();
+    data[offset] ^= 0x01;
+    fs::write(path, data).unwrap();
+}
+
+/// Builds a vault with two 3-chunk files, applies `tamper`, then expects `check` to fail
+/// naming `needle` and `cat`/`get` of `path` to fail without output of forged bytes.
+fn tamper_case(cipher: &str, tamper: impl Fn(&Path), path: &str, needle: &str) {
+    let f = new_vault(cipher);
+    let v = s(&f.vault);
+    let src = f.work.join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a"), vec![b'a'; 3 * 32768]).unwrap();
+    fs::write(src.join("b"), vec![b'b'; 3 * 32768]).unwrap();
+    fs::create_dir(src.join("d")).unwrap();
+    fs::write(src.join("d/inner"), b"inner").unwrap();
+    ok(&["put", v, s(&src), "/"]);
+    tamper(&f.vault);
+    let check = oxcrypt(&["check", v]);
+    let report = String::from_utf8_lossy(&check.stdout).to_string();
+    assert_eq!(check.status.code(), Some(4), "check must fail: {report}");
+    assert!(report.contains(needle), "check output lacks {needle:?}: {report}");
+    let cat = oxcrypt(&["cat", v, path]);
+    assert!(!cat.status.success(), "cat {path} must fail");
+    assert!(!cat.stdout.iter().any(|&b| b != b'a' && b != b'b' && b != 0) || cat.stdout.is_empty());
+    let dest = f.work.join("got");
+    let get = oxcrypt(&["get", v, path, s(&dest)]);
+    assert!(!get.status.success(), "get {path} must fail");
+    assert!(!dest.exists(), "a failed get leaves no file");
+}
+
+#[test]
+fn tampering_is_detected_and_refused() {
+    for cipher in ["SIV_GCM", "SIV_CTRMAC"] {
+        let combo = oxcrypt_core::CipherCombo::from_name(cipher).unwrap();
+        let hl = combo.header_len();
+        let cl = combo.chunk_ciphertext_len();
+        // Bit flip inside chunk 1.
+        tamper_case(cipher, |v| flip(&payload(v, "/src/a"), hl + cl + 100), "/src/a", "chunk 1 failed authentication");
+        // Chunks 0 and 1 swapped.
+        tamper_case(
+            cipher,
+            |v| {
+                let p = payload(v, "/src/a");
+                let mut d = fs::read(&p).unwrap();
+                let (c0, c1) = (d[hl..hl + cl].to_vec(), d[hl + cl..hl + 2 * cl].to_vec());
+                d[hl..hl + cl].copy_from_slice(&c1);
+                d[hl + cl..hl + 2 * cl].copy_from_slice(&c0);
+                fs::write(&p, d).unwrap();
+            },
+            "/src/a",
+            "chunk 0 failed authentication",
+        );
+        // Chunk 0 copied from another file.
+        tamper_case(
+            cipher,
+            |v| {
+                let (pa, pb) = (payload(v, "/src/a"), payload(v, "/src/b"));
+                let mut a = fs::read(&pa).unwrap();
+                let b = fs::read(&pb).unwrap();
+                a[hl..hl + cl].copy_from_slice(&b[hl..hl + cl]);
+                fs::write(&pa, a).unwrap();
+            },
+            "/src/a",
+            "chunk 0 failed authentication",
+        );
+        // Last chunk truncated by 10 bytes.
+        tamper_case(
+            cipher,
+            |v| {
+                let p = payload(v, "/src/a");
+                let len = fs::metadata(&p).unwrap().len();
+                fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 10).unwrap();
+            },
+            "/src/a",
+            "chunk 2 failed authentication",
+        );
+        // Broken header.
+        tamper_case(cipher, |v| flip(&payload(v, "/src/a"), 20), "/src/a", "header failed authentication");
+        // Broken name: the ciphertext name of a file altered.
+        tamper_case(
+            cipher,
+            |v| {
+                let p = payload(v, "/src/a");
+                let name = p.file_name().unwrap().to_str().unwrap().to_string();
+                let mut chars: Vec<char> = name.chars().collect();
+                chars[3] = if chars[3] == 'A' { 'B' } else { 'A' };
+                let renamed: String = chars.into_iter().collect();
+                fs::rename(&p, p.with_file_name(renamed)).unwrap();
+            },
+            "/src/a",
+            "encrypted name does not decrypt",
+        );
+        // Missing dir.c9r.
+        tamper_case(
+            cipher,
+            |v| fs::remove_file(payload(v, "/src/d")).unwrap(),
+            "/src/d/inner",
+            "broken node",
+        );
+    }
+}
