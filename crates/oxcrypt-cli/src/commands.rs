@@ -38,8 +38,15 @@ pub fn init(g: &Global, vault: &Path, cipher: CipherArg, scrypt_cost: u64) -> Re
         CipherArg::SivCtrMac => CipherCombo::SivCtrMac,
     };
     let pw = password::vault_password(g.password_file.as_deref(), true)?;
-    let v = Vault::create(vault, &pw, &CreateOptions { cipher_combo: combo, scrypt_cost })
-        .with_context(|| format!("cannot create vault {}", vault.display()))?;
+    let v = Vault::create(
+        vault,
+        &pw,
+        &CreateOptions {
+            cipher_combo: combo,
+            scrypt_cost,
+        },
+    )
+    .with_context(|| format!("cannot create vault {}", vault.display()))?;
     eprintln!("created vault {} ({})", v.path().display(), combo.name());
     Ok(EXIT_OK)
 }
@@ -54,7 +61,10 @@ pub fn info(g: &Global, path: &Path) -> Result<u8> {
     println!("shortening threshold: {}", c.shortening_threshold);
     println!("vault id (jti):       {}", c.jti);
     println!("masterkey file:       {}", c.masterkey_file);
-    println!("scrypt:               N={} r={} p=1", mk.scrypt_cost_param, mk.scrypt_block_size);
+    println!(
+        "scrypt:               N={} r={} p=1",
+        mk.scrypt_cost_param, mk.scrypt_block_size
+    );
     println!("signature:            valid (HMAC with the vault's master key)");
     Ok(EXIT_OK)
 }
@@ -77,7 +87,10 @@ fn mode_string(attr: &Attr) -> String {
 
 /// `YYYY-MM-DD HH:MM` in UTC.
 fn format_time(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     // Civil-from-days (proleptic Gregorian).
@@ -90,7 +103,11 @@ fn format_time(t: SystemTime) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 fn print_entry(out: &mut impl Write, v: &Vault, node: &Node, long: bool) -> Result<()> {
@@ -157,8 +174,16 @@ pub fn tree(g: &Global, vault: &Path, path: &str) -> Result<u8> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     writeln!(out, "{path}")?;
     let (mut dirs, mut files) = (0u64, 0u64);
-    fn walk(v: &Vault, node: &Node, prefix: &str, out: &mut impl Write, counts: (&mut u64, &mut u64)) -> Result<()> {
-        let Some(id) = node.dir_id() else { return Ok(()) };
+    fn walk(
+        v: &Vault,
+        node: &Node,
+        prefix: &str,
+        out: &mut impl Write,
+        counts: (&mut u64, &mut u64),
+    ) -> Result<()> {
+        let Some(id) = node.dir_id() else {
+            return Ok(());
+        };
         let mut children = v.list(id)?;
         children.sort_by(|a, b| a.name.cmp(&b.name));
         let n = children.len();
@@ -220,8 +245,15 @@ pub fn mkdir_path(v: &Vault, path: &str, parents: bool) -> Result<oxcrypt_core::
         for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
             walked = join(&walked, comp);
             dir = match v.lookup(&dir, comp)? {
-                Some(n) => n.dir_id().cloned().ok_or_else(|| Error::NotADirectory(walked.clone()))?,
-                None => v.mkdir(&dir, comp, 0o755)?.dir_id().cloned().expect("mkdir makes a directory"),
+                Some(n) => n
+                    .dir_id()
+                    .cloned()
+                    .ok_or_else(|| Error::NotADirectory(walked.clone()))?,
+                None => v
+                    .mkdir(&dir, comp, 0o755)?
+                    .dir_id()
+                    .cloned()
+                    .expect("mkdir makes a directory"),
             };
         }
         return Ok(dir);
@@ -259,7 +291,8 @@ pub fn mv(g: &Global, vault: &Path, src: &str, dest: &str) -> Result<u8> {
 pub fn remove_tree(v: &Vault, parent: &oxcrypt_core::DirId, node: &Node) -> Result<()> {
     if let Some(id) = node.dir_id() {
         for child in v.list_checked(id)? {
-            let child = child.map_err(|e| anyhow!("cannot remove an entry that does not decrypt: {e}"))?;
+            let child =
+                child.map_err(|e| anyhow!("cannot remove an entry that does not decrypt: {e}"))?;
             remove_tree(v, id, &child)?;
         }
         v.rmdir(parent, &node.name)?;
@@ -298,7 +331,10 @@ pub fn passwd(g: &Global, vault: &Path, new_password_file: Option<&Path>) -> Res
     let v = unlock(g, vault)?;
     let new = password::new_password(new_password_file)?;
     let backup = v.change_password(&new)?;
-    eprintln!("password changed; previous masterkey kept as {}", backup.display());
+    eprintln!(
+        "password changed; previous masterkey kept as {}",
+        backup.display()
+    );
     Ok(EXIT_OK)
 }
 
@@ -338,5 +374,9 @@ pub fn check(g: &Global, vault: &Path) -> Result<u8> {
     } else {
         eprintln!("{summary}");
     }
-    Ok(if errors > 0 { crate::check_failed_code() } else { EXIT_OK })
+    Ok(if errors > 0 {
+        crate::check_failed_code()
+    } else {
+        EXIT_OK
+    })
 }

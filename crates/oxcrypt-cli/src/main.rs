@@ -82,8 +82,10 @@ pub enum CipherArg {
 #[derive(Subcommand)]
 enum Command {
     /// Create a new, empty vault.
-    #[command(after_help = "VAULT must not exist or be an empty directory. The password is asked \
-                            twice on a terminal. masterkey.cryptomator is written with mode 0600.")]
+    #[command(
+        after_help = "VAULT must not exist or be an empty directory. The password is asked \
+                            twice on a terminal. masterkey.cryptomator is written with mode 0600."
+    )]
     Init {
         /// Directory of the new vault.
         vault: PathBuf,
@@ -129,9 +131,11 @@ enum Command {
         path: String,
     },
     /// Decrypt a file or a whole tree from the vault to a local path (like `cp -r`).
-    #[command(after_help = "If DEST is an existing directory, SRC is copied into it under its own \
+    #[command(
+        after_help = "If DEST is an existing directory, SRC is copied into it under its own \
                             name; otherwise DEST is the new name. Existing files are overwritten. \
-                            Symlinks are copied as symlinks.")]
+                            Symlinks are copied as symlinks."
+    )]
     Get {
         /// The vault directory.
         vault: PathBuf,
@@ -141,10 +145,12 @@ enum Command {
         dest: PathBuf,
     },
     /// Encrypt a local file or tree into the vault (like `cp -r`).
-    #[command(after_help = "If DEST is an existing directory in the vault, SRC is copied into it \
+    #[command(
+        after_help = "If DEST is an existing directory in the vault, SRC is copied into it \
                             under its own name; otherwise DEST is the new name. Existing files are \
                             overwritten. Symlinks are stored as symlinks; sockets, FIFOs and devices \
-                            are skipped with a warning.")]
+                            are skipped with a warning."
+    )]
     Put {
         /// The vault directory.
         vault: PathBuf,
@@ -164,8 +170,10 @@ enum Command {
         parents: bool,
     },
     /// Move or rename a file, symlink or directory inside the vault.
-    #[command(after_help = "If DEST is an existing directory, SRC moves into it. An existing file \
-                            DEST is replaced; an existing directory is replaced only when empty.")]
+    #[command(
+        after_help = "If DEST is an existing directory, SRC moves into it. An existing file \
+                            DEST is replaced; an existing directory is replaced only when empty."
+    )]
     Mv {
         /// The vault directory.
         vault: PathBuf,
@@ -201,11 +209,13 @@ enum Command {
         link: String,
     },
     /// Change the vault password; the old masterkey file is kept as a .bkup file.
-    #[command(after_help = "The new password comes from --new-password-file, the environment \
+    #[command(
+        after_help = "The new password comes from --new-password-file, the environment \
                             variable OXCRYPT_NEW_PASSWORD, or a prompt (asked twice). The master \
                             keys do not change, so no file in the vault is re-encrypted. The old \
                             masterkey.cryptomator is kept as masterkey.cryptomator.<hash>.bkup, as \
-                            Cryptomator does; delete it if the old password was compromised.")]
+                            Cryptomator does; delete it if the old password was compromised."
+    )]
     Passwd {
         /// The vault directory.
         vault: PathBuf,
@@ -214,8 +224,10 @@ enum Command {
         new_password_file: Option<PathBuf>,
     },
     /// Verify every header, chunk, name and directory link; list every problem.
-    #[command(after_help = "Exits with status 4 if any error was found. Orphan content \
-                            directories are reported as warnings and do not change the status.")]
+    #[command(
+        after_help = "Exits with status 4 if any error was found. Orphan content \
+                            directories are reported as warnings and do not change the status."
+    )]
     Check {
         /// The vault directory.
         vault: PathBuf,
@@ -245,12 +257,19 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         // (EXIT_OK and EXIT_CHECK_FAILED come back as Ok codes from the commands.)
         Err(e) => {
-            let wrong_password = e
-                .chain()
-                .any(|c| matches!(c.downcast_ref::<oxcrypt_core::Error>(), Some(oxcrypt_core::Error::WrongPassword)));
+            let wrong_password = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<oxcrypt_core::Error>(),
+                    Some(oxcrypt_core::Error::WrongPassword)
+                )
+            });
             let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("oxcrypt: {}", msg.join(": "));
-            ExitCode::from(if wrong_password { EXIT_WRONG_PASSWORD } else { EXIT_ERROR })
+            ExitCode::from(if wrong_password {
+                EXIT_WRONG_PASSWORD
+            } else {
+                EXIT_ERROR
+            })
         }
     }
 }
@@ -259,18 +278,44 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
     use commands as c;
     match cli.command {
-        Command::Init { vault, cipher, scrypt_cost } => c::init(g, &vault, cipher, scrypt_cost),
+        Command::Init {
+            vault,
+            cipher,
+            scrypt_cost,
+        } => c::init(g, &vault, cipher, scrypt_cost),
         Command::Info { vault } => c::info(g, &vault),
-        Command::Ls { vault, path, long, recursive } => c::ls(g, &vault, &path, long, recursive),
+        Command::Ls {
+            vault,
+            path,
+            long,
+            recursive,
+        } => c::ls(g, &vault, &path, long, recursive),
         Command::Tree { vault, path } => c::tree(g, &vault, &path),
         Command::Cat { vault, path } => c::cat(g, &vault, &path),
         Command::Get { vault, src, dest } => transfer::get(g, &vault, &src, &dest),
         Command::Put { vault, src, dest } => transfer::put(g, &vault, &src, &dest),
-        Command::Mkdir { vault, path, parents } => c::mkdir(g, &vault, &path, parents),
+        Command::Mkdir {
+            vault,
+            path,
+            parents,
+        } => c::mkdir(g, &vault, &path, parents),
         Command::Mv { vault, src, dest } => c::mv(g, &vault, &src, &dest),
-        Command::Rm { vault, paths, recursive, force } => c::rm(g, &vault, &paths, recursive, force),
-        Command::Ln { vault, target, link, .. } => c::ln(g, &vault, &target, &link),
-        Command::Passwd { vault, new_password_file } => c::passwd(g, &vault, new_password_file.as_deref()),
+        Command::Rm {
+            vault,
+            paths,
+            recursive,
+            force,
+        } => c::rm(g, &vault, &paths, recursive, force),
+        Command::Ln {
+            vault,
+            target,
+            link,
+            ..
+        } => c::ln(g, &vault, &target, &link),
+        Command::Passwd {
+            vault,
+            new_password_file,
+        } => c::passwd(g, &vault, new_password_file.as_deref()),
         Command::Check { vault } => c::check(g, &vault),
     }
 }

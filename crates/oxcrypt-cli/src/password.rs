@@ -13,7 +13,8 @@ pub const NEW_PASSWORD_ENV: &str = "OXCRYPT_NEW_PASSWORD";
 
 fn from_file(path: &Path) -> Result<Zeroizing<String>> {
     let text = Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?,
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read password file {}", path.display()))?,
     );
     let line = text.lines().next().unwrap_or("");
     Ok(Zeroizing::new(line.to_string()))
@@ -21,11 +22,18 @@ fn from_file(path: &Path) -> Result<Zeroizing<String>> {
 
 fn prompt(label: &str, confirm: bool) -> Result<Zeroizing<String>> {
     if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
-        bail!("no password given: use --password-file FILE, set {PASSWORD_ENV}, or run on a terminal");
+        bail!(
+            "no password given: use --password-file FILE, set {PASSWORD_ENV}, or run on a terminal"
+        );
     }
-    let first = Zeroizing::new(rpassword::prompt_password(format!("{label}: ")).context("cannot read password")?);
+    let first = Zeroizing::new(
+        rpassword::prompt_password(format!("{label}: ")).context("cannot read password")?,
+    );
     if confirm {
-        let again = Zeroizing::new(rpassword::prompt_password(format!("{label} (again): ")).context("cannot read password")?);
+        let again = Zeroizing::new(
+            rpassword::prompt_password(format!("{label} (again): "))
+                .context("cannot read password")?,
+        );
         if *again != *first {
             bail!("the passwords do not match");
         }

@@ -125,11 +125,13 @@ fn put_node(v: &Vault, src: &Path, dest: &str, bar: Option<&ProgressBar>) -> Res
         };
         let fh = v.open_file(&node, true)?;
         fh.set_len(0)?;
-        let mut input = fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        let mut input =
+            fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
         let mut buf = vec![0u8; BLOCK];
         let mut off = 0u64;
         loop {
-            let n = read_block(&mut input, &mut buf).with_context(|| format!("cannot read {}", src.display()))?;
+            let n = read_block(&mut input, &mut buf)
+                .with_context(|| format!("cannot read {}", src.display()))?;
             if n == 0 {
                 break;
             }
@@ -184,7 +186,8 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
             match fs::symlink_metadata(dest) {
                 Ok(md) if md.is_dir() => {}
                 Ok(_) => bail!("{}: exists and is not a directory", dest.display()),
-                Err(_) => fs::create_dir(dest).with_context(|| format!("cannot create {}", dest.display()))?,
+                Err(_) => fs::create_dir(dest)
+                    .with_context(|| format!("cannot create {}", dest.display()))?,
             }
             let mut children = v.list(id)?;
             children.sort_by(|a, b| a.name.cmp(&b.name));
@@ -196,9 +199,11 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
         NodeKind::Symlink => {
             let target = v.readlink(node)?;
             if fs::symlink_metadata(dest).is_ok() {
-                fs::remove_file(dest).with_context(|| format!("cannot replace {}", dest.display()))?;
+                fs::remove_file(dest)
+                    .with_context(|| format!("cannot replace {}", dest.display()))?;
             }
-            std::os::unix::fs::symlink(&target, dest).with_context(|| format!("cannot create {}", dest.display()))?;
+            std::os::unix::fs::symlink(&target, dest)
+                .with_context(|| format!("cannot create {}", dest.display()))?;
         }
         NodeKind::File => {
             let fh = v.open_file(node, false)?;
@@ -206,7 +211,9 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
             // file that looks complete.
             let tmp = dest.with_file_name(format!(
                 ".{}.oxcrypt-part",
-                dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+                dest.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
             ));
             let result = (|| -> Result<()> {
                 let mut out = fs::OpenOptions::new()
@@ -223,7 +230,8 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
                     if n == 0 {
                         break;
                     }
-                    out.write_all(&buf[..n]).with_context(|| format!("cannot write {}", tmp.display()))?;
+                    out.write_all(&buf[..n])
+                        .with_context(|| format!("cannot write {}", tmp.display()))?;
                     off += n as u64;
                     if let Some(b) = bar {
                         b.inc(n as u64);
@@ -231,7 +239,8 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
                 }
                 out.sync_all()?;
                 fs::set_permissions(&tmp, fs::Permissions::from_mode(attr.perm))?;
-                fs::rename(&tmp, dest).with_context(|| format!("cannot create {}", dest.display()))?;
+                fs::rename(&tmp, dest)
+                    .with_context(|| format!("cannot create {}", dest.display()))?;
                 Ok(())
             })();
             if result.is_err() {

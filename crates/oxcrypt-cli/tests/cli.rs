@@ -45,13 +45,24 @@ fn new_vault(cipher: &str) -> Fixture {
     let work = tmp.path().join("work");
     fs::create_dir(&work).unwrap();
     ok(&["init", s(&vault), "--cipher", cipher, "--scrypt-cost", "16"]);
-    Fixture { _tmp: tmp, vault, work }
+    Fixture {
+        _tmp: tmp,
+        vault,
+        work,
+    }
 }
 
 /// A local tree with chunk-boundary sizes, a long name, a multibyte name, a symlink.
 fn make_tree(root: &Path) {
     fs::create_dir_all(root.join("sub/deeper")).unwrap();
-    for (name, size) in [("empty", 0usize), ("one", 1), ("almost", 32767), ("exact", 32768), ("over", 32769), ("three", 3 * 32768)] {
+    for (name, size) in [
+        ("empty", 0usize),
+        ("one", 1),
+        ("almost", 32767),
+        ("exact", 32768),
+        ("over", 32769),
+        ("three", 3 * 32768),
+    ] {
         let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         fs::write(root.join(name), data).unwrap();
     }
@@ -61,8 +72,15 @@ fn make_tree(root: &Path) {
 }
 
 fn diff(a: &Path, b: &Path) {
-    let out = Command::new("diff").args(["-r", "--no-dereference", s(a), s(b)]).output().unwrap();
-    assert!(out.status.success(), "trees differ:\n{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new("diff")
+        .args(["-r", "--no-dereference", s(a), s(b)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trees differ:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -76,7 +94,11 @@ fn put_get_round_trip_both_ciphers() {
         ok(&["get", s(&f.vault), "/src", s(&out)]);
         diff(&src, &out);
         let check = oxcrypt(&["check", s(&f.vault)]);
-        assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
         // The vault is a valid Cryptomator vault for the core library too.
         let v = Vault::open(&f.vault, PW).unwrap();
         assert_eq!(v.config().cipher_combo.name(), cipher);
@@ -103,7 +125,10 @@ fn ls_tree_cat_mkdir_mv_rm_ln() {
     let rec = ok(&["ls", "-R", v]);
     assert!(rec.contains("/a/b:\nc\nhello.txt\n"), "{rec}");
     let tree = ok(&["tree", v]);
-    assert!(tree.contains("└── docs") && tree.contains("4 directories, 2 files"), "{tree}");
+    assert!(
+        tree.contains("└── docs") && tree.contains("4 directories, 2 files"),
+        "{tree}"
+    );
     // rm of a directory needs -r; -f ignores missing paths.
     let out = oxcrypt(&["rm", v, "/a"]);
     assert_eq!(out.status.code(), Some(1));
@@ -130,7 +155,11 @@ fn errors_and_exit_codes() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
-    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1, "one clear line");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).lines().count(),
+        1,
+        "one clear line"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"));
     // init refuses a non-empty directory; the existing files stay untouched.
     let busy = f.work.join("busy");
@@ -143,11 +172,18 @@ fn errors_and_exit_codes() {
     let bad = f.work.join("bad");
     fs::create_dir(&bad).unwrap();
     fs::write(bad.join("vault.cryptomator"), "garbage").unwrap();
-    fs::copy(f.vault.join("masterkey.cryptomator"), bad.join("masterkey.cryptomator")).unwrap();
+    fs::copy(
+        f.vault.join("masterkey.cryptomator"),
+        bad.join("masterkey.cryptomator"),
+    )
+    .unwrap();
     let out = oxcrypt(&["ls", s(&bad)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(err.contains("vault.cryptomator") && err.contains("malformed"), "{err}");
+    assert!(
+        err.contains("vault.cryptomator") && err.contains("malformed"),
+        "{err}"
+    );
     // No password source and no terminal: a clear message, not a hang.
     let out = Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
         .args(["ls", v])
@@ -158,10 +194,16 @@ fn errors_and_exit_codes() {
     assert!(!out.status.success());
     // --help documents the exit codes and the password variable.
     let help = ok(&["--help"]);
-    assert!(help.contains("EXIT STATUS") && help.contains("OXCRYPT_PASSWORD"), "{help}");
+    assert!(
+        help.contains("EXIT STATUS") && help.contains("OXCRYPT_PASSWORD"),
+        "{help}"
+    );
     // Masterkey file is private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(f.vault.join("masterkey.cryptomator")).unwrap().permissions().mode();
+    let mode = fs::metadata(f.vault.join("masterkey.cryptomator"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -181,7 +223,11 @@ fn passwd_keeps_a_backup_and_content() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".bkup"))
         .collect();
     assert_eq!(backups.len(), 1);
-    assert_eq!(oxcrypt(&["cat", v, "/x"]).status.code(), Some(3), "old password refused");
+    assert_eq!(
+        oxcrypt(&["cat", v, "/x"]).status.code(),
+        Some(3),
+        "old password refused"
+    );
     let out = oxcrypt(&["--password-file", s(&new_pw), "cat", v, "/x"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "kept");
 }
@@ -214,7 +260,10 @@ fn tamper_case(cipher: &str, tamper: impl Fn(&Path), path: &str, needle: &str) {
     let check = oxcrypt(&["check", v]);
     let report = String::from_utf8_lossy(&check.stdout).to_string();
     assert_eq!(check.status.code(), Some(4), "check must fail: {report}");
-    assert!(report.contains(needle), "check output lacks {needle:?}: {report}");
+    assert!(
+        report.contains(needle),
+        "check output lacks {needle:?}: {report}"
+    );
     let cat = oxcrypt(&["cat", v, path]);
     assert!(!cat.status.success(), "cat {path} must fail");
     assert!(!cat.stdout.iter().any(|&b| b != b'a' && b != b'b' && b != 0) || cat.stdout.is_empty());
@@ -231,7 +280,12 @@ fn tampering_is_detected_and_refused() {
         let hl = combo.header_len();
         let cl = combo.chunk_ciphertext_len();
         // Bit flip inside chunk 1.
-        tamper_case(cipher, |v| flip(&payload(v, "/src/a"), hl + cl + 100), "/src/a", "chunk 1 failed authentication");
+        tamper_case(
+            cipher,
+            |v| flip(&payload(v, "/src/a"), hl + cl + 100),
+            "/src/a",
+            "chunk 1 failed authentication",
+        );
         // Chunks 0 and 1 swapped.
         tamper_case(
             cipher,
@@ -265,13 +319,23 @@ fn tampering_is_detected_and_refused() {
             |v| {
                 let p = payload(v, "/src/a");
                 let len = fs::metadata(&p).unwrap().len();
-                fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len - 10).unwrap();
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(len - 10)
+                    .unwrap();
             },
             "/src/a",
             "chunk 2 failed authentication",
         );
         // Broken header.
-        tamper_case(cipher, |v| flip(&payload(v, "/src/a"), 20), "/src/a", "header failed authentication");
+        tamper_case(
+            cipher,
+            |v| flip(&payload(v, "/src/a"), 20),
+            "/src/a",
+            "header failed authentication",
+        );
         // Broken name: the ciphertext name of a file altered.
         tamper_case(
             cipher,

@@ -46,7 +46,10 @@ pub struct CheckReport {
 impl CheckReport {
     /// Number of findings of severity [`Severity::Error`].
     pub fn errors(&self) -> usize {
-        self.problems.iter().filter(|p| p.severity == Severity::Error).count()
+        self.problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .count()
     }
 
     fn error(&mut self, cleartext: Option<&str>, e: impl std::fmt::Display) {
@@ -79,14 +82,23 @@ fn check_dir(
 ) -> Result<()> {
     let content_dir = vault.content_dir(id);
     if !visited.insert(content_dir.clone()) {
-        report.error(Some(path), format!("{}: directory id is used twice (loop or copied dir.c9r)", content_dir.display()));
+        report.error(
+            Some(path),
+            format!(
+                "{}: directory id is used twice (loop or copied dir.c9r)",
+                content_dir.display()
+            ),
+        );
         return Ok(());
     }
     report.dirs += 1;
     match vault.read_dirid_backup(id) {
         Ok(Some(backup)) if backup != **id => report.error(
             Some(path),
-            format!("{}: dirid.c9r names another directory", content_dir.display()),
+            format!(
+                "{}: dirid.c9r names another directory",
+                content_dir.display()
+            ),
         ),
         Ok(_) => {}
         Err(e) => report.error(Some(path), e),
@@ -146,19 +158,36 @@ fn check_dir(
     Ok(())
 }
 
-fn check_shortened_name(vault: &Vault, parent: &DirId, node: &Node, clear: &str, report: &mut CheckReport) {
+fn check_shortened_name(
+    vault: &Vault,
+    parent: &DirId,
+    node: &Node,
+    clear: &str,
+    report: &mut CheckReport,
+) {
     let long = vault.names().encrypt_name(parent, &node.name);
     let expected = NameCodec::shortened_name(&long);
-    let actual = node.entry.file_name().map(|n| n.to_string_lossy().into_owned());
+    let actual = node
+        .entry
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     if actual.as_deref() != Some(expected.as_str()) {
         report.error(
             Some(clear),
-            format!("{}: .c9s name does not match the hash of its {NAME_FILE}", node.entry.display()),
+            format!(
+                "{}: .c9s name does not match the hash of its {NAME_FILE}",
+                node.entry.display()
+            ),
         );
     }
 }
 
-fn check_file(vault: &Vault, node: &Node, report: &mut CheckReport, progress: &mut dyn FnMut(u64)) -> Result<()> {
+fn check_file(
+    vault: &Vault,
+    node: &Node,
+    report: &mut CheckReport,
+    progress: &mut dyn FnMut(u64),
+) -> Result<()> {
     let fh = vault.open_file(node, false)?;
     let size = fh.size()?;
     let mut buf = vec![0u8; 1 << 20];
@@ -181,14 +210,19 @@ fn find_orphans(vault: &Vault, visited: &HashSet<PathBuf>, report: &mut CheckRep
         return Ok(());
     };
     for l1 in level1.flatten() {
-        let Ok(level2) = std::fs::read_dir(l1.path()) else { continue };
+        let Ok(level2) = std::fs::read_dir(l1.path()) else {
+            continue;
+        };
         for l2 in level2.flatten() {
             let p = l2.path();
             if p.is_dir() && !visited.contains(&p) {
                 report.problems.push(Problem {
                     severity: Severity::Warning,
                     cleartext: None,
-                    message: format!("{}: orphan content directory (no dir.c9r points to it)", p.display()),
+                    message: format!(
+                        "{}: orphan content directory (no dir.c9r points to it)",
+                        p.display()
+                    ),
                 });
             }
         }

@@ -63,7 +63,8 @@ fn split_token<'a>(path: &Path, text: &'a str) -> Result<Token<'a>> {
         _ => return Err(bad("not a JWT (expected three dot-separated parts)")),
     };
     let json = |part: &str, what: &str| -> Result<Value> {
-        let bytes = b64url_decode(part).ok_or_else(|| bad(&format!("JWT {what} is not base64url")))?;
+        let bytes =
+            b64url_decode(part).ok_or_else(|| bad(&format!("JWT {what} is not base64url")))?;
         serde_json::from_slice(&bytes).map_err(|_| bad(&format!("JWT {what} is not JSON")))
     };
     Ok(Token {
@@ -111,7 +112,11 @@ impl VaultConfig {
     /// Verifies the token with the vault's keys and checks its claims.
     pub fn verify(path: &Path, text: &str, keys: &MasterKeys) -> Result<Self> {
         let token = split_token(path, text)?;
-        let alg = token.header.get("alg").and_then(Value::as_str).unwrap_or("");
+        let alg = token
+            .header
+            .get("alg")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let key = keys.raw();
         let data = token.signed.as_bytes();
         let ok = match alg {
@@ -133,7 +138,10 @@ impl VaultConfig {
         if format != 8 {
             return Err(Error::UnsupportedFormat(format));
         }
-        let combo_name = claims.get("cipherCombo").and_then(Value::as_str).unwrap_or("");
+        let combo_name = claims
+            .get("cipherCombo")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let cipher_combo = CipherCombo::from_name(combo_name)
             .ok_or_else(|| Error::UnsupportedCipher(combo_name.to_string()))?;
         let threshold = claims
@@ -141,13 +149,20 @@ impl VaultConfig {
             .and_then(Value::as_u64)
             .unwrap_or(DEFAULT_SHORTENING_THRESHOLD as u64);
         if !(36..=1 << 20).contains(&threshold) {
-            return Err(Error::malformed(path, format!("shorteningThreshold {threshold} is out of range")));
+            return Err(Error::malformed(
+                path,
+                format!("shorteningThreshold {threshold} is out of range"),
+            ));
         }
         Ok(VaultConfig {
             format,
             cipher_combo,
             shortening_threshold: threshold as usize,
-            jti: claims.get("jti").and_then(Value::as_str).unwrap_or("").to_string(),
+            jti: claims
+                .get("jti")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             masterkey_file: Self::peek_masterkey_file(path, text)?,
         })
     }
@@ -166,7 +181,8 @@ impl VaultConfig {
             b64url_encode(header.to_string().as_bytes()),
             b64url_encode(payload.to_string().as_bytes())
         );
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(keys.raw().as_ref()).expect("any key length");
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(keys.raw().as_ref()).expect("any key length");
         mac.update(signed.as_bytes());
         format!("{signed}.{}", b64url_encode(&mac.finalize().into_bytes()))
     }

@@ -51,7 +51,9 @@ pub enum Error {
     #[error("wrong password")]
     WrongPassword,
     /// `vault.cryptomator` is not signed by this vault's master key.
-    #[error("vault.cryptomator has a bad signature: it was altered or belongs to another masterkey")]
+    #[error(
+        "vault.cryptomator has a bad signature: it was altered or belongs to another masterkey"
+    )]
     BadSignature,
     /// The vault uses a format other than 8.
     #[error("unsupported vault format {0}: oxcrypt reads and writes vault format 8 only (open the vault once in Cryptomator 1.6+ to upgrade it)")]
@@ -135,13 +137,13 @@ impl Error {
     /// The closest POSIX errno, for the FUSE layer.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::NotFound(_) => 2,           // ENOENT
-            Error::AlreadyExists(_) => 17,     // EEXIST
-            Error::NotADirectory(_) => 20,     // ENOTDIR
-            Error::IsADirectory(_) => 21,      // EISDIR
-            Error::NotEmpty(_) => 39,          // ENOTEMPTY
-            Error::NotASymlink(_) => 22,       // EINVAL
-            Error::Invalid(_) => 22,           // EINVAL
+            Error::NotFound(_) => 2,                                       // ENOENT
+            Error::AlreadyExists(_) => 17,                                 // EEXIST
+            Error::NotADirectory(_) => 20,                                 // ENOTDIR
+            Error::IsADirectory(_) => 21,                                  // EISDIR
+            Error::NotEmpty(_) => 39,                                      // ENOTEMPTY
+            Error::NotASymlink(_) => 22,                                   // EINVAL
+            Error::Invalid(_) => 22,                                       // EINVAL
             Error::InvalidName { why, .. } if *why == NAME_TOO_LONG => 36, // ENAMETOOLONG
             Error::InvalidName { .. } => 22,
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(5),

@@ -73,7 +73,9 @@ fn version_mac(keys: &MasterKeys, version: u32) -> [u8; 32] {
 /// Derives the key-encryption key from a password with scrypt (p = 1, 32 bytes).
 fn derive_kek(password: &str, salt: &[u8], n: u64, r: u32) -> Result<Zeroizing<[u8; 32]>, String> {
     if n < 2 || !n.is_power_of_two() {
-        return Err(format!("scryptCostParam {n} is not a power of two greater than 1"));
+        return Err(format!(
+            "scryptCostParam {n} is not a power of two greater than 1"
+        ));
     }
     if r == 0 || n > (1u64 << 31) / 128 / u64::from(r) {
         return Err(format!("scrypt parameters N={n}, r={r} are out of range"));
@@ -92,7 +94,10 @@ impl MasterkeyFile {
         let f: MasterkeyFile = serde_json::from_slice(text)
             .map_err(|e| Error::malformed(path, format!("not a masterkey file: {e}")))?;
         if f.version == 0 || f.scrypt_cost_param <= 1 || f.scrypt_block_size == 0 {
-            return Err(Error::malformed(path, "invalid version or scrypt parameters"));
+            return Err(Error::malformed(
+                path,
+                "invalid version or scrypt parameters",
+            ));
         }
         Ok(f)
     }
@@ -109,12 +114,19 @@ impl MasterkeyFile {
             .ok_or_else(|| Error::malformed(path, "scryptSalt is not base64"))?;
         let wrapped_enc = b64_decode(&self.primary_master_key)
             .filter(|k| k.len() == KEY_LEN + 8)
-            .ok_or_else(|| Error::malformed(path, "primaryMasterKey is not a 40-byte base64 key"))?;
+            .ok_or_else(|| {
+                Error::malformed(path, "primaryMasterKey is not a 40-byte base64 key")
+            })?;
         let wrapped_mac = b64_decode(&self.hmac_master_key)
             .filter(|k| k.len() == KEY_LEN + 8)
             .ok_or_else(|| Error::malformed(path, "hmacMasterKey is not a 40-byte base64 key"))?;
-        let kek = derive_kek(password, &salt, self.scrypt_cost_param, self.scrypt_block_size)
-            .map_err(|why| Error::malformed(path, why))?;
+        let kek = derive_kek(
+            password,
+            &salt,
+            self.scrypt_cost_param,
+            self.scrypt_block_size,
+        )
+        .map_err(|why| Error::malformed(path, why))?;
         let kw = KwAes256::new((&*kek).into());
         let mut enc = [0u8; KEY_LEN];
         let mut mac = [0u8; KEY_LEN];

@@ -27,7 +27,9 @@ pub struct NameCodec {
 
 impl std::fmt::Debug for NameCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NameCodec").field("threshold", &self.threshold).finish_non_exhaustive()
+        f.debug_struct("NameCodec")
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
     }
 }
 

@@ -282,7 +282,11 @@ impl Vault {
             .map_err(|why| Error::Invalid(format!("cannot create masterkey: {why}")))?;
         write_atomic(&path.join(MASTERKEY_FILE), &mk.to_json(), 0o600)?;
         let config = VaultConfig::new(options.cipher_combo);
-        write_atomic(&path.join(CONFIG_FILE), config.sign(&keys).as_bytes(), 0o644)?;
+        write_atomic(
+            &path.join(CONFIG_FILE),
+            config.sign(&keys).as_bytes(),
+            0o644,
+        )?;
         let vault = Self::with_keys(path, config, keys);
         let root = vault.root.clone();
         vault.create_content_dir(&root)?;
@@ -362,7 +366,10 @@ impl Vault {
         // empty one for the root.
         let mut backup = self.content.encrypt_small(dir_id.as_bytes());
         if dir_id.is_empty() {
-            let header = self.content.decrypt_header(&backup).expect("just encrypted");
+            let header = self
+                .content
+                .decrypt_header(&backup)
+                .expect("just encrypted");
             let mut chunk = vec![0u8; self.content.combo().chunk_overhead()];
             self.content.encrypt_chunk(&header, 0, &[], &mut chunk);
             backup.extend_from_slice(&chunk);
@@ -383,7 +390,13 @@ impl Vault {
         }
     }
 
-    fn classify(&self, name: String, entry: PathBuf, shortened: bool, is_dir: bool) -> Result<Node> {
+    fn classify(
+        &self,
+        name: String,
+        entry: PathBuf,
+        shortened: bool,
+        is_dir: bool,
+    ) -> Result<Node> {
         let node = |kind| Node {
             name: name.clone(),
             kind,
@@ -449,7 +462,10 @@ impl Vault {
 
     /// Resolves a cleartext path (`/a/b`, `a/b`, `/` or empty for the root).
     pub fn resolve(&self, path: &str) -> Result<Node> {
-        let mut components = path.split('/').filter(|c| !c.is_empty() && *c != ".").peekable();
+        let mut components = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .peekable();
         let mut dir = self.root.clone();
         let mut node = self.root();
         let mut walked = String::new();
@@ -512,7 +528,9 @@ impl Vault {
         for entry in rd {
             let entry = entry.at(&content_dir)?;
             let file_name = entry.file_name();
-            let Some(file_name) = file_name.to_str() else { continue };
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
             if file_name.starts_with('.') || file_name == DIRID_FILE {
                 continue;
             }
@@ -551,7 +569,9 @@ impl Vault {
             }
             Err(e) => return Err(e),
         };
-        let long = String::from_utf8(long).map_err(|_| Error::BadName { path: name_file.clone() })?;
+        let long = String::from_utf8(long).map_err(|_| Error::BadName {
+            path: name_file.clone(),
+        })?;
         match self.names.decrypt_name(dir, long.trim()) {
             Some(name) => self.classify(name, path, true, true),
             None => Err(Error::BadName { path: name_file }),
@@ -590,7 +610,11 @@ impl Vault {
             kind,
             size,
             // Symlink permissions are meaningless on Linux and always shown as 0777.
-            perm: if kind == FileType::Symlink { 0o777 } else { md.mode() & 0o7777 },
+            perm: if kind == FileType::Symlink {
+                0o777
+            } else {
+                md.mode() & 0o7777
+            },
             uid: md.uid(),
             gid: md.gid(),
             nlink: if kind == FileType::Directory { 2 } else { 1 },
@@ -604,7 +628,8 @@ impl Vault {
     fn cleartext_size_of(&self, path: &Path, len: u64) -> Result<u64> {
         let combo = self.content.combo();
         combo.cleartext_size(len).ok_or_else(|| {
-            let last = len.saturating_sub(combo.header_len() as u64) / combo.chunk_ciphertext_len() as u64;
+            let last =
+                len.saturating_sub(combo.header_len() as u64) / combo.chunk_ciphertext_len() as u64;
             let part = if len < combo.header_len() as u64 {
                 ContentPart::Header
             } else {
@@ -622,7 +647,9 @@ impl Vault {
         match node.kind {
             NodeKind::File => {}
             NodeKind::Directory(_) => return Err(Error::IsADirectory(node.name.clone())),
-            NodeKind::Symlink => return Err(Error::Invalid(format!("{}: is a symbolic link", node.name))),
+            NodeKind::Symlink => {
+                return Err(Error::Invalid(format!("{}: is a symbolic link", node.name)))
+            }
         }
         FileHandle::open(node.payload_path(), self.content.clone(), writable)
     }
@@ -685,8 +712,11 @@ impl Vault {
                 .to_string(),
         );
         let content_dir = self.create_content_dir(&id)?;
-        fs::set_permissions(&content_dir, std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777))
-            .at(&content_dir)?;
+        fs::set_permissions(
+            &content_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
+        )
+        .at(&content_dir)?;
         if shortened {
             self.make_shortened_entry(&entry, &c9r)?;
         } else {
@@ -697,7 +727,9 @@ impl Vault {
         }
         let dir_file = entry.join(DIR_FILE);
         fs::write(&dir_file, id.as_bytes()).at(&dir_file)?;
-        self.cache.children.insert((parent.clone(), name.clone()), id.clone());
+        self.cache
+            .children
+            .insert((parent.clone(), name.clone()), id.clone());
         Ok(Node {
             name,
             kind: NodeKind::Directory(id),
@@ -738,11 +770,19 @@ impl Vault {
             return Err(Error::NotASymlink(node.name.clone()));
         }
         let path = node.payload_path();
-        let data = read_limited(&path, self.content.combo().ciphertext_size(MAX_SYMLINK_TARGET as u64 * 4))?;
+        let data = read_limited(
+            &path,
+            self.content
+                .combo()
+                .ciphertext_size(MAX_SYMLINK_TARGET as u64 * 4),
+        )?;
         let clear = self
             .content
             .decrypt_small(&data, false)
-            .map_err(|source| Error::Content { path: path.clone(), source })?;
+            .map_err(|source| Error::Content {
+                path: path.clone(),
+                source,
+            })?;
         String::from_utf8(clear).map_err(|_| Error::BrokenNode {
             path,
             why: "symlink target is not UTF-8".into(),
@@ -760,10 +800,16 @@ impl Vault {
         let clear = self
             .content
             .decrypt_small(&data, true)
-            .map_err(|source| Error::Content { path: path.clone(), source })?;
+            .map_err(|source| Error::Content {
+                path: path.clone(),
+                source,
+            })?;
         String::from_utf8(clear)
             .map(Some)
-            .map_err(|_| Error::BrokenNode { path, why: "dir id backup is not UTF-8".into() })
+            .map_err(|_| Error::BrokenNode {
+                path,
+                why: "dir id backup is not UTF-8".into(),
+            })
     }
 
     fn remove_entry(&self, node: &Node) -> Result<()> {
@@ -855,7 +901,10 @@ impl Vault {
                 (_, NodeKind::Directory(_)) => return Err(Error::IsADirectory(dst.name)),
                 _ => {
                     // A plain file over a plain file is replaced atomically by the rename below.
-                    let atomic = src.kind == NodeKind::File && dst.kind == NodeKind::File && !src.shortened && !dst.shortened;
+                    let atomic = src.kind == NodeKind::File
+                        && dst.kind == NodeKind::File
+                        && !src.shortened
+                        && !dst.shortened;
                     if !atomic {
                         self.remove_entry(&dst)?;
                     }
@@ -875,13 +924,21 @@ impl Vault {
         }
         self.cache.forget_child(src_parent, &src.name);
         if let NodeKind::Directory(id) = &src.kind {
-            self.cache.children.insert((dst_parent.clone(), dst_name), id.clone());
+            self.cache
+                .children
+                .insert((dst_parent.clone(), dst_name), id.clone());
         }
         Ok(())
     }
 
     /// Moves a node whose name becomes (or stops being) shortened.
-    fn move_between_shapes(&self, src: &Node, dst_entry: &Path, dst_short: bool, dst_c9r: &str) -> Result<()> {
+    fn move_between_shapes(
+        &self,
+        src: &Node,
+        dst_entry: &Path,
+        dst_short: bool,
+        dst_c9r: &str,
+    ) -> Result<()> {
         let payload_name = match (&src.kind, dst_short) {
             (NodeKind::File, true) => CONTENTS_FILE,
             (NodeKind::File, false) => "",
@@ -912,7 +969,10 @@ impl Vault {
     /// known parents by listing; used to refuse moving a directory into itself).
     pub fn path_is_within(path: &str, ancestor: &str) -> bool {
         let clean = |p: &str| -> Vec<String> {
-            p.split('/').filter(|c| !c.is_empty() && *c != ".").map(String::from).collect()
+            p.split('/')
+                .filter(|c| !c.is_empty() && *c != ".")
+                .map(String::from)
+                .collect()
         };
         let (p, a) = (clean(path), clean(ancestor));
         p.len() >= a.len() && p[..a.len()] == a[..]
@@ -941,11 +1001,20 @@ impl Vault {
     /// Sets the permission bits of a node.
     pub fn set_perm(&self, node: &Node, perm: u32) -> Result<()> {
         let path = self.attr_path(node);
-        fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(perm & 0o7777)).at(&path)
+        fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(perm & 0o7777),
+        )
+        .at(&path)
     }
 
     /// Sets access and modification times of a node (`None` leaves one unchanged).
-    pub fn set_times(&self, node: &Node, atime: Option<SystemTime>, mtime: Option<SystemTime>) -> Result<()> {
+    pub fn set_times(
+        &self,
+        node: &Node,
+        atime: Option<SystemTime>,
+        mtime: Option<SystemTime>,
+    ) -> Result<()> {
         let path = self.attr_path(node);
         let f = File::open(&path).at(&path)?;
         let mut times = fs::FileTimes::new();
@@ -986,13 +1055,19 @@ pub struct FileHandle {
 
 impl std::fmt::Debug for FileHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileHandle").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("FileHandle")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
 impl FileHandle {
     fn open(path: PathBuf, content: Arc<ContentCryptor>, writable: bool) -> Result<FileHandle> {
-        let file = OpenOptions::new().read(true).write(writable).open(&path).at(&path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .at(&path)?;
         let hl = content.combo().header_len();
         let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
         let len = file.metadata().at(&path)?.len();
@@ -1002,7 +1077,10 @@ impl FileHandle {
             let n = read_full_at(&file, &mut buf[..hl], 0).at(&path)?;
             let h = content
                 .decrypt_header(&buf[..n])
-                .map_err(|source| Error::Content { path: path.clone(), source })?;
+                .map_err(|source| Error::Content {
+                    path: path.clone(),
+                    source,
+                })?;
             Some(h)
         };
         Ok(FileHandle {
@@ -1030,7 +1108,8 @@ impl FileHandle {
         let len = self.file.metadata().at(&self.path)?.len();
         let combo = self.content.combo();
         combo.cleartext_size(len).ok_or_else(|| {
-            let last = len.saturating_sub(combo.header_len() as u64) / combo.chunk_ciphertext_len() as u64;
+            let last =
+                len.saturating_sub(combo.header_len() as u64) / combo.chunk_ciphertext_len() as u64;
             self.content_err(CryptoError::Truncated(ContentPart::Chunk(last)))
         })
     }
@@ -1046,12 +1125,25 @@ impl FileHandle {
             return Ok(0);
         };
         let end = size.min(offset + buf.len() as u64);
-        self.read_range(header, offset, end, size, &mut buf[..(end - offset) as usize])?;
+        self.read_range(
+            header,
+            offset,
+            end,
+            size,
+            &mut buf[..(end - offset) as usize],
+        )?;
         Ok((end - offset) as usize)
     }
 
     /// Decrypts cleartext `[start, end)` into `out`; `size` is the cleartext size.
-    fn read_range(&self, header: &FileHeader, start: u64, end: u64, size: u64, out: &mut [u8]) -> Result<()> {
+    fn read_range(
+        &self,
+        header: &FileHeader,
+        start: u64,
+        end: u64,
+        size: u64,
+        out: &mut [u8],
+    ) -> Result<()> {
         let combo = self.content.combo();
         let c = CHUNK_SIZE as u64;
         let first = start / c;
@@ -1062,7 +1154,9 @@ impl FileHandle {
         while batch_start <= last {
             let batch_end = (batch_start + BATCH_CHUNKS - 1).min(last);
             let ct_start = combo.chunk_offset(batch_start);
-            let ct_end = combo.ciphertext_size(size).min(combo.chunk_offset(batch_end + 1));
+            let ct_end = combo
+                .ciphertext_size(size)
+                .min(combo.chunk_offset(batch_end + 1));
             let ct_len = (ct_end - ct_start) as usize;
             let got = read_full_at(&self.file, &mut ct[..ct_len], ct_start).at(&self.path)?;
             if got < ct_len {
@@ -1075,7 +1169,9 @@ impl FileHandle {
                 let from = start.max(chunk_start);
                 let to = end.min(chunk_start + c);
                 let dst = &mut out[(from - start) as usize..(to - start) as usize];
-                if from == chunk_start && to - from == (chunk_ct.len() - combo.chunk_overhead()) as u64 {
+                if from == chunk_start
+                    && to - from == (chunk_ct.len() - combo.chunk_overhead()) as u64
+                {
                     // The whole chunk is wanted: decrypt straight into the caller's buffer.
                     self.content
                         .decrypt_chunk(header, i, chunk_ct, dst)
@@ -1114,26 +1210,48 @@ impl FileHandle {
             return Ok(());
         }
         let combo = self.content.combo();
-        let header = guard.as_ref().ok_or_else(|| self.content_err(CryptoError::Truncated(ContentPart::Header)))?;
+        let header = guard
+            .as_ref()
+            .ok_or_else(|| self.content_err(CryptoError::Truncated(ContentPart::Header)))?;
         let rem = (new_size % CHUNK_SIZE as u64) as usize;
         if rem != 0 {
             let index = new_size / CHUNK_SIZE as u64;
             let mut clear = vec![0u8; CHUNK_SIZE];
-            self.read_range(header, index * CHUNK_SIZE as u64, new_size, old_size, &mut clear[..rem])?;
+            self.read_range(
+                header,
+                index * CHUNK_SIZE as u64,
+                new_size,
+                old_size,
+                &mut clear[..rem],
+            )?;
             let mut ct = vec![0u8; combo.chunk_ciphertext_len()];
-            let n = self.content.encrypt_chunk(header, index, &clear[..rem], &mut ct);
-            self.file.write_all_at(&ct[..n], combo.chunk_offset(index)).at(&self.path)?;
+            let n = self
+                .content
+                .encrypt_chunk(header, index, &clear[..rem], &mut ct);
+            self.file
+                .write_all_at(&ct[..n], combo.chunk_offset(index))
+                .at(&self.path)?;
         }
-        self.file.set_len(combo.ciphertext_size(new_size)).at(&self.path)
+        self.file
+            .set_len(combo.ciphertext_size(new_size))
+            .at(&self.path)
     }
 
-    fn write_locked(&self, guard: &mut Option<FileHeader>, offset: u64, len: u64, data: Option<&[u8]>) -> Result<()> {
+    fn write_locked(
+        &self,
+        guard: &mut Option<FileHeader>,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
         let combo = self.content.combo();
         if guard.is_none() {
             let header = self.content.new_header();
             let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
             self.content.encrypt_header(&header, &mut buf);
-            self.file.write_all_at(&buf[..combo.header_len()], 0).at(&self.path)?;
+            self.file
+                .write_all_at(&buf[..combo.header_len()], 0)
+                .at(&self.path)?;
             *guard = Some(header);
         }
         let header = guard.as_ref().expect("set above");
@@ -1161,7 +1279,13 @@ impl FileHandle {
                 let covers_old = w_from <= chunk_start && w_to >= chunk_start + old_len as u64;
                 let clear = &mut clear[..chunk_len];
                 if old_len > 0 && !covers_old {
-                    self.read_range(header, chunk_start, chunk_start + old_len as u64, old_size, &mut clear[..old_len])?;
+                    self.read_range(
+                        header,
+                        chunk_start,
+                        chunk_start + old_len as u64,
+                        old_size,
+                        &mut clear[..old_len],
+                    )?;
                     clear[old_len..].fill(0);
                 } else {
                     clear.fill(0);
@@ -1170,12 +1294,16 @@ impl FileHandle {
                     let a = (w_from - chunk_start) as usize;
                     let b = (w_to - chunk_start) as usize;
                     if let Some(data) = data {
-                        clear[a..b].copy_from_slice(&data[(w_from - offset) as usize..(w_to - offset) as usize]);
+                        clear[a..b].copy_from_slice(
+                            &data[(w_from - offset) as usize..(w_to - offset) as usize],
+                        );
                     } else {
                         clear[a..b].fill(0);
                     }
                 }
-                pos += self.content.encrypt_chunk(header, i, clear, &mut out[pos..]);
+                pos += self
+                    .content
+                    .encrypt_chunk(header, i, clear, &mut out[pos..]);
             }
             self.file
                 .write_all_at(&out[..pos], combo.chunk_offset(batch_start))

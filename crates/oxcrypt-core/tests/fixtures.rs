@@ -21,11 +21,15 @@ fn every_format8_fixture_matches_its_manifest() {
             continue;
         }
         let name = fx["name"].as_str().unwrap();
-        let vault = Vault::open(&dir.join(fx["vault"].as_str().unwrap()), fx["password"].as_str().unwrap())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let vault = Vault::open(
+            &dir.join(fx["vault"].as_str().unwrap()),
+            fx["password"].as_str().unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
         let combo = CipherCombo::from_name(fx["combo"].as_str().unwrap()).unwrap();
         assert_eq!(vault.config().cipher_combo, combo, "{name}");
-        let expected_text = std::fs::read_to_string(dir.join(name).join("expected.manifest")).unwrap();
+        let expected_text =
+            std::fs::read_to_string(dir.join(name).join("expected.manifest")).unwrap();
         let mut expected: Vec<String> = expected_text.lines().map(String::from).collect();
         expected.sort();
         assert_eq!(manifest(&vault), expected, "{name}: manifest differs");
@@ -50,7 +54,11 @@ fn format7_vault_is_refused_clearly() {
         if fx["format"] != 7 {
             continue;
         }
-        let err = Vault::open(&dir.join(fx["vault"].as_str().unwrap()), fx["password"].as_str().unwrap()).unwrap_err();
+        let err = Vault::open(
+            &dir.join(fx["vault"].as_str().unwrap()),
+            fx["password"].as_str().unwrap(),
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::UnsupportedFormat(7)), "{err}");
         assert!(err.to_string().contains("format 7"), "{err}");
     }
@@ -67,12 +75,18 @@ fn wrong_password_is_its_own_error() {
 fn corrupted_signature_is_refused() {
     let dir = fixtures_dir().join("ts_ctrmac_vault1/vault");
     let tmp = tempfile::tempdir().unwrap();
-    for f in ["masterkey.cryptomator"] {
-        std::fs::copy(dir.join(f), tmp.path().join(f)).unwrap();
-    }
-    std::fs::copy(dir.join("vault-corrupted.cryptomator"), tmp.path().join("vault.cryptomator")).unwrap();
+    let mk = "masterkey.cryptomator";
+    std::fs::copy(dir.join(mk), tmp.path().join(mk)).unwrap();
+    std::fs::copy(
+        dir.join("vault-corrupted.cryptomator"),
+        tmp.path().join("vault.cryptomator"),
+    )
+    .unwrap();
     let err = Vault::open(tmp.path(), "qq11@@11").unwrap_err();
-    assert!(matches!(err, Error::BadSignature | Error::Malformed { .. }), "{err}");
+    assert!(
+        matches!(err, Error::BadSignature | Error::Malformed { .. }),
+        "{err}"
+    );
 }
 
 #[test]

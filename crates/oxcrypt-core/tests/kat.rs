@@ -6,7 +6,10 @@ use oxcrypt_core::masterkey_file::MasterkeyFile;
 use oxcrypt_core::{CipherCombo, ContentCryptor, MasterKeys, NameCodec};
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn keys(enc: u8, mac: u8) -> MasterKeys {
@@ -32,8 +35,13 @@ fn kat2_kat3_gcm_chunk() {
     let h = c.header_from_parts(&[0; 12], [0; 32]);
     let mut out = [0u8; 64];
     let n = c.encrypt_chunk_with_nonce(&h, 0, &[0x33; 12], b"hello world", &mut out);
-    assert_eq!(B64.encode(&out[..n]), "MzMzMzMzMzMzMzMzbYvL7CusRmzk70Kn1QxFA5WQg/hgKeba4bln");
-    let ct = B64.decode("VVVVVVVVVVVVVVVVnHVdh+EbedvPeiCwCdaTYpzn1CXQjhSh7PHv").unwrap();
+    assert_eq!(
+        B64.encode(&out[..n]),
+        "MzMzMzMzMzMzMzMzbYvL7CusRmzk70Kn1QxFA5WQg/hgKeba4bln"
+    );
+    let ct = B64
+        .decode("VVVVVVVVVVVVVVVVnHVdh+EbedvPeiCwCdaTYpzn1CXQjhSh7PHv")
+        .unwrap();
     let mut clear = [0u8; 64];
     let n = c.decrypt_chunk(&h, 0, &ct, &mut clear).unwrap();
     assert_eq!(&clear[..n], b"hello world");
@@ -59,8 +67,14 @@ fn kat4_gcm_file() {
 fn kat5_masterkey_wrap_and_version_mac() {
     let k = keys(0, 0);
     let mk = MasterkeyFile::lock_with_salt(&k, "asd", &[0; 8], 2).unwrap();
-    assert_eq!(mk.primary_master_key, "mM+qoQ+o0qvPTiDAZYt+flaC3WbpNAx1sTXaUzxwpy0M9Ctj6Tih/Q==");
-    assert_eq!(MasterkeyFile::version_mac_for(&k, 3), "iUmRRHITuyJsJbVNqGNw+82YQ4A3Rma7j/y1v0DCVLA=");
+    assert_eq!(
+        mk.primary_master_key,
+        "mM+qoQ+o0qvPTiDAZYt+flaC3WbpNAx1sTXaUzxwpy0M9Ctj6Tih/Q=="
+    );
+    assert_eq!(
+        MasterkeyFile::version_mac_for(&k, 3),
+        "iUmRRHITuyJsJbVNqGNw+82YQ4A3Rma7j/y1v0DCVLA="
+    );
 }
 
 #[test]
@@ -74,23 +88,38 @@ fn kat6_version_mac_7() {
 #[test]
 fn kat7_scrypt_32768() {
     let mk = MasterkeyFile::lock_with_salt(&keys(0, 0), "asd", &[0; 8], 32768).unwrap();
-    assert_eq!(mk.primary_master_key, "bOuDTfSpTHJrM4G321gts1QL+TFAZ3I6S/QHwim39pz+t+/K9IYy6g==");
+    assert_eq!(
+        mk.primary_master_key,
+        "bOuDTfSpTHJrM4G321gts1QL+TFAZ3I6S/QHwim39pz+t+/K9IYy6g=="
+    );
 }
 
 #[test]
 fn kat8_lock_and_unlock() {
     let k = keys(0x55, 0x77);
     let mut mk = MasterkeyFile::lock_with_salt(&k, "asd", &[0xF0; 8], 2).unwrap();
-    assert_eq!(mk.primary_master_key, "jvdghkTc01VISrFly37pgaT/UKtXrDCvZcU3tT9Y98zyzn/pJ91bxw==");
-    assert_eq!(mk.hmac_master_key, "99I+J4bT3rVpZE8yZwKRV9gHVRmQ8XQEujAL9IuwLTc2D3mg5JEjKA==");
-    assert_eq!(MasterkeyFile::version_mac_for(&k, 7), "sAWFgFNhmtMPeNWr4zh+9Ps7GOtT0pknX11PRQ7eC9Q=");
+    assert_eq!(
+        mk.primary_master_key,
+        "jvdghkTc01VISrFly37pgaT/UKtXrDCvZcU3tT9Y98zyzn/pJ91bxw=="
+    );
+    assert_eq!(
+        mk.hmac_master_key,
+        "99I+J4bT3rVpZE8yZwKRV9gHVRmQ8XQEujAL9IuwLTc2D3mg5JEjKA=="
+    );
+    assert_eq!(
+        MasterkeyFile::version_mac_for(&k, 7),
+        "sAWFgFNhmtMPeNWr4zh+9Ps7GOtT0pknX11PRQ7eC9Q="
+    );
     mk.version = 7;
     mk.version_mac = MasterkeyFile::version_mac_for(&k, 7);
     let p = std::path::Path::new("masterkey.cryptomator");
     let back = mk.unlock(p, "asd").unwrap();
     assert_eq!(back.enc(), k.enc());
     assert_eq!(back.mac(), k.mac());
-    assert!(matches!(mk.unlock(p, "asdf"), Err(oxcrypt_core::Error::WrongPassword)));
+    assert!(matches!(
+        mk.unlock(p, "asdf"),
+        Err(oxcrypt_core::Error::WrongPassword)
+    ));
     // A tampered versionMac on a legacy file is refused.
     mk.version_mac = MasterkeyFile::version_mac_for(&k, 6);
     assert!(mk.unlock(p, "asd").is_err());
@@ -100,7 +129,10 @@ fn kat8_lock_and_unlock() {
 fn kat9_dir_id_hashes() {
     let n = NameCodec::new(&keys(0x55, 0x77), 220);
     assert_eq!(n.hash_dir_id(""), "VLWEHT553J5DR7OZLRJAYDIWFCXZABOD");
-    assert_eq!(n.hash_dir_id("918acfbd-a467-3f77-93f1-f4a44f9cfe9c"), "7C3USOO3VU7IVQRKFMRFV3QE4VEZJECV");
+    assert_eq!(
+        n.hash_dir_id("918acfbd-a467-3f77-93f1-f4a44f9cfe9c"),
+        "7C3USOO3VU7IVQRKFMRFV3QE4VEZJECV"
+    );
 }
 
 #[test]
@@ -113,7 +145,10 @@ fn kat10_rfc5297_a1() {
     let pt = hex("112233445566778899aabbccddee");
     let mut siv = aes_siv::siv::Aes128Siv::new(key.as_slice().try_into().unwrap());
     let ct = siv.encrypt([&ad], &pt).unwrap();
-    assert_eq!(ct, hex("85632d07c6e8f37f950acd320a2ecc9340c02b9690c4dc04daef7f6afe5c"));
+    assert_eq!(
+        ct,
+        hex("85632d07c6e8f37f950acd320a2ecc9340c02b9690c4dc04daef7f6afe5c")
+    );
 }
 
 #[test]
@@ -141,7 +176,14 @@ fn kat12_ctr_header_f0() {
 #[test]
 fn size_formulas() {
     let g = CipherCombo::SivGcm;
-    for (n, c) in [(0u64, 68u64), (1, 97), (32767, 32863), (32768, 32864), (32769, 32893), (65536, 65660)] {
+    for (n, c) in [
+        (0u64, 68u64),
+        (1, 97),
+        (32767, 32863),
+        (32768, 32864),
+        (32769, 32893),
+        (65536, 65660),
+    ] {
         assert_eq!(g.ciphertext_size(n), c, "ciphertext size of {n}");
         assert_eq!(g.cleartext_size(c), Some(n), "cleartext size of {c}");
     }

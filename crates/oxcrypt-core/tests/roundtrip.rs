@@ -8,7 +8,15 @@ use oxcrypt_core::{CipherCombo, CreateOptions, Error, Vault, CHUNK_SIZE};
 use proptest::prelude::*;
 
 fn new_vault(dir: &Path, combo: CipherCombo) -> Vault {
-    Vault::create(dir, "pw", &CreateOptions { cipher_combo: combo, scrypt_cost: 2 }).unwrap()
+    Vault::create(
+        dir,
+        "pw",
+        &CreateOptions {
+            cipher_combo: combo,
+            scrypt_cost: 2,
+        },
+    )
+    .unwrap()
 }
 
 fn read_all(vault: &Vault, path: &str) -> Vec<u8> {
@@ -23,7 +31,12 @@ fn read_all(vault: &Vault, path: &str) -> Vec<u8> {
 
 fn names_in(vault: &Vault, path: &str) -> Vec<String> {
     let node = vault.resolve(path).unwrap();
-    let mut names: Vec<String> = vault.list(node.dir_id().unwrap()).unwrap().into_iter().map(|n| n.name).collect();
+    let mut names: Vec<String> = vault
+        .list(node.dir_id().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
     names.sort();
     names
 }
@@ -35,12 +48,18 @@ fn reopen_with_password_and_both_combos() {
         let v = new_vault(tmp.path(), combo);
         let root = v.root_id().clone();
         let f = v.create_file(&root, "a.txt", 0o644).unwrap();
-        v.open_file(&f, true).unwrap().write_at(0, b"hello").unwrap();
+        v.open_file(&f, true)
+            .unwrap()
+            .write_at(0, b"hello")
+            .unwrap();
         drop(v);
         let v = Vault::open(tmp.path(), "pw").unwrap();
         assert_eq!(v.config().cipher_combo, combo);
         assert_eq!(read_all(&v, "/a.txt"), b"hello");
-        assert!(matches!(Vault::open(tmp.path(), "nope"), Err(Error::WrongPassword)));
+        assert!(matches!(
+            Vault::open(tmp.path(), "nope"),
+            Err(Error::WrongPassword)
+        ));
         // Root dirid.c9r is written like current Cryptomator: header + one empty chunk.
         let root_dir = v.content_dir(&root);
         let len = std::fs::metadata(root_dir.join("dirid.c9r")).unwrap().len() as usize;
@@ -71,10 +90,14 @@ fn shortening_boundary_146_147_bytes() {
         n
     });
     // Rename across the threshold both ways keeps content.
-    v.open_file(&f147, true).unwrap().write_at(0, b"long").unwrap();
+    v.open_file(&f147, true)
+        .unwrap()
+        .write_at(0, b"long")
+        .unwrap();
     v.rename(&root, &n147, &root, "short", false).unwrap();
     assert_eq!(read_all(&v, "/short"), b"long");
-    v.rename(&root, "short", &root, &"c".repeat(200), false).unwrap();
+    v.rename(&root, "short", &root, &"c".repeat(200), false)
+        .unwrap();
     assert_eq!(read_all(&v, &format!("/{}", "c".repeat(200))), b"long");
     let too_long = "x".repeat(256);
     let err = v.create_file(&root, &too_long, 0o644).unwrap_err();
@@ -87,9 +110,15 @@ fn nfd_input_finds_the_nfc_name() {
     let v = new_vault(tmp.path(), CipherCombo::SivGcm);
     let root = v.root_id().clone();
     v.create_file(&root, "caf\u{e9}", 0o644).unwrap(); // NFC
-    let found = v.lookup(&root, "cafe\u{301}").unwrap().expect("NFD lookup finds NFC entry");
+    let found = v
+        .lookup(&root, "cafe\u{301}")
+        .unwrap()
+        .expect("NFD lookup finds NFC entry");
     assert_eq!(found.name, "caf\u{e9}");
-    assert!(matches!(v.create_file(&root, "cafe\u{301}", 0o644), Err(Error::AlreadyExists(_))));
+    assert!(matches!(
+        v.create_file(&root, "cafe\u{301}", 0o644),
+        Err(Error::AlreadyExists(_))
+    ));
 }
 
 #[test]
@@ -102,9 +131,16 @@ fn chunk_boundary_sizes_round_trip_without_trailing_empty_chunk() {
             let name = format!("f{size}");
             let node = v.create_file(&root, &name, 0o644).unwrap();
             let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
-            v.open_file(&node, true).unwrap().write_at(0, &data).unwrap();
+            v.open_file(&node, true)
+                .unwrap()
+                .write_at(0, &data)
+                .unwrap();
             let ct_len = std::fs::metadata(node.payload_path()).unwrap().len();
-            assert_eq!(ct_len, combo.ciphertext_size(size as u64), "{combo:?} size {size}");
+            assert_eq!(
+                ct_len,
+                combo.ciphertext_size(size as u64),
+                "{combo:?} size {size}"
+            );
             assert_eq!(read_all(&v, &name), data, "{combo:?} size {size}");
             assert_eq!(v.stat(&node).unwrap().size, size as u64);
         }
@@ -150,7 +186,10 @@ fn truncate_grows_and_shrinks() {
     fh.set_len(32768).unwrap();
     want.truncate(32768);
     assert_eq!(read_all(&v, "/t"), want);
-    assert_eq!(std::fs::metadata(node.payload_path()).unwrap().len(), 88 + 32816);
+    assert_eq!(
+        std::fs::metadata(node.payload_path()).unwrap().len(),
+        88 + 32816
+    );
     fh.set_len(0).unwrap();
     assert_eq!(read_all(&v, "/t"), b"");
 }
@@ -168,7 +207,10 @@ fn tree_operations() {
     v.open_file(&f, true).unwrap().write_at(0, b"data").unwrap();
     v.symlink(&root, "link", "a/b/f").unwrap();
     assert_eq!(v.readlink(&v.resolve("/link").unwrap()).unwrap(), "a/b/f");
-    assert_eq!(v.stat(&v.resolve("/link").unwrap()).unwrap().kind, FileType::Symlink);
+    assert_eq!(
+        v.stat(&v.resolve("/link").unwrap()).unwrap().kind,
+        FileType::Symlink
+    );
     assert_eq!(v.stat(&v.resolve("/a/b/f").unwrap()).unwrap().perm, 0o600);
     // rmdir of a non-empty directory fails; a directory moved keeps its content.
     assert!(matches!(v.rmdir(&root, "a"), Err(Error::NotEmpty(_))));
@@ -178,13 +220,28 @@ fn tree_operations() {
     // Replace a file, refuse to replace without permission, replace an empty dir.
     let g = v.create_file(&root, "g", 0o644).unwrap();
     v.open_file(&g, true).unwrap().write_at(0, b"gg").unwrap();
-    assert!(matches!(v.rename(&root, "g", &v.resolve("/moved").unwrap().dir_id().unwrap().clone(), "f", false), Err(Error::AlreadyExists(_))));
+    assert!(matches!(
+        v.rename(
+            &root,
+            "g",
+            &v.resolve("/moved").unwrap().dir_id().unwrap().clone(),
+            "f",
+            false
+        ),
+        Err(Error::AlreadyExists(_))
+    ));
     let moved_id = v.resolve("/moved").unwrap().dir_id().unwrap().clone();
     v.rename(&root, "g", &moved_id, "f", true).unwrap();
     assert_eq!(read_all(&v, "/moved/f"), b"gg");
     // A directory cannot replace a non-empty one, nor a file.
-    assert!(matches!(v.rename(&root, "a", &root, "moved", true), Err(Error::NotEmpty(_))));
-    assert!(matches!(v.rename(&root, "a", &moved_id, "f", true), Err(Error::NotADirectory(_))));
+    assert!(matches!(
+        v.rename(&root, "a", &root, "moved", true),
+        Err(Error::NotEmpty(_))
+    ));
+    assert!(matches!(
+        v.rename(&root, "a", &moved_id, "f", true),
+        Err(Error::NotADirectory(_))
+    ));
     v.unlink(&moved_id, "f").unwrap();
     v.rename(&root, "moved", &root, "a", true).unwrap();
     assert_eq!(names_in(&v, "/"), vec!["a".to_string(), "link".to_string()]);

@@ -15,13 +15,20 @@ pub fn fixtures_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
-    assert!(dir.join("fixtures.json").is_file(), "fixtures not found at {}", dir.display());
+    assert!(
+        dir.join("fixtures.json").is_file(),
+        "fixtures not found at {}",
+        dir.display()
+    );
     dir
 }
 
 /// Lowercase hex SHA-256.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The manifest of a vault's decrypted tree in the fixtures' format, lines sorted.
@@ -38,7 +45,11 @@ pub fn manifest(vault: &Vault) -> Vec<String> {
                 FileType::Directory => lines.push(format!("d - - {rel}/")),
                 FileType::Symlink => {
                     let target = vault.readlink(node)?;
-                    lines.push(format!("l {} {} {rel} -> {target}", sha256_hex(target.as_bytes()), target.len()));
+                    lines.push(format!(
+                        "l {} {} {rel} -> {target}",
+                        sha256_hex(target.as_bytes()),
+                        target.len()
+                    ));
                 }
                 FileType::File => {
                     let fh = vault.open_file(node, false)?;
@@ -54,7 +65,11 @@ pub fn manifest(vault: &Vault) -> Vec<String> {
                         off += n as u64;
                     }
                     assert_eq!(off, attr.size, "{rel}: bytes read differ from size");
-                    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+                    let hex: String = hasher
+                        .finalize()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
                     lines.push(format!("f {hex} {off} {rel}"));
                 }
             }

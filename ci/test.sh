@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The project's test command (README "Tests"): formatting, lints, then every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
