@@ -8,6 +8,7 @@
 //! [`vault`] → [`check`].
 
 pub mod check;
+pub mod chunks;
 pub mod config;
 pub mod content;
 pub mod error;

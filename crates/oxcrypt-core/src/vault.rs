@@ -13,6 +13,7 @@ use std::time::SystemTime;
 
 use dashmap::DashMap;
 
+use crate::chunks::{ReadPlan, WritePlan};
 use crate::config::{VaultConfig, CONFIG_FILE, MASTERKEY_FILE};
 use crate::content::{CipherCombo, ContentCryptor, FileHeader, CHUNK_SIZE};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
@@ -37,7 +38,7 @@ pub const DIRID_FILE: &str = "dirid.c9r";
 /// Longest symlink target accepted (Cryptomator's limit).
 pub const MAX_SYMLINK_TARGET: usize = 32767;
 /// Chunks read or written per system call by [`FileHandle`] (1 MiB of cleartext).
-const BATCH_CHUNKS: u64 = 32;
+pub const BATCH_CHUNKS: u64 = 32;
 
 /// Options of [`Vault::create`].
 #[derive(Debug, Clone)]
@@ -1042,7 +1043,8 @@ impl Vault {
     }
 }
 
-/// An open regular file: reads and writes cleartext byte ranges chunk by chunk.
+/// An open regular file: reads and writes cleartext byte ranges chunk by chunk with blocking
+/// `pread`/`pwrite`.
 ///
 /// Reads share a lock, writes take it exclusively, so concurrent callers never see a chunk
 /// half rewritten. Nothing is ever returned from a chunk that failed authentication.
@@ -1050,7 +1052,7 @@ pub struct FileHandle {
     file: File,
     path: PathBuf,
     content: Arc<ContentCryptor>,
-    header: RwLock<Option<FileHeader>>,
+    header: RwLock<Option<Arc<FileHeader>>>,
 }
 
 impl std::fmt::Debug for FileHandle {
@@ -1081,7 +1083,7 @@ impl FileHandle {
                     path: path.clone(),
                     source,
                 })?;
-            Some(h)
+            Some(Arc::new(h))
         };
         Ok(FileHandle {
             file,
@@ -1096,7 +1098,41 @@ impl FileHandle {
         &self.path
     }
 
-    fn content_err(&self, source: CryptoError) -> Error {
+    /// The open ciphertext file (for I/O engines that do their own reads and writes).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The content cryptor.
+    pub fn cryptor(&self) -> &Arc<ContentCryptor> {
+        &self.content
+    }
+
+    /// The decrypted header, `None` while the ciphertext file is still 0 bytes long.
+    pub fn header(&self) -> Option<Arc<FileHeader>> {
+        self.header
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The header, writing a fresh one first if the ciphertext file is 0 bytes long.
+    pub fn ensure_header(&self) -> Result<Arc<FileHeader>> {
+        let mut guard = self.header.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = guard.as_ref() {
+            return Ok(h.clone());
+        }
+        let header = Arc::new(self.content.new_header());
+        let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
+        self.content.encrypt_header(&header, &mut buf);
+        let hl = self.content.combo().header_len();
+        self.file.write_all_at(&buf[..hl], 0).at(&self.path)?;
+        *guard = Some(header.clone());
+        Ok(header)
+    }
+
+    /// Wraps a content failure with this file's path.
+    pub fn content_err(&self, source: CryptoError) -> Error {
         Error::Content {
             path: self.path.clone(),
             source,
@@ -1117,117 +1153,68 @@ impl FileHandle {
     /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of file).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let guard = self.header.read().unwrap_or_else(|p| p.into_inner());
-        let size = self.size()?;
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
-        }
         let Some(header) = guard.as_ref() else {
             return Ok(0);
         };
-        let end = size.min(offset + buf.len() as u64);
-        self.read_range(
-            header,
-            offset,
-            end,
-            size,
-            &mut buf[..(end - offset) as usize],
-        )?;
-        Ok((end - offset) as usize)
-    }
-
-    /// Decrypts cleartext `[start, end)` into `out`; `size` is the cleartext size.
-    fn read_range(
-        &self,
-        header: &FileHeader,
-        start: u64,
-        end: u64,
-        size: u64,
-        out: &mut [u8],
-    ) -> Result<()> {
+        let size = self.size()?;
+        let mut done = 0;
         let combo = self.content.combo();
-        let c = CHUNK_SIZE as u64;
-        let first = start / c;
-        let last = (end - 1) / c;
-        let mut ct = vec![0u8; (BATCH_CHUNKS as usize) * combo.chunk_ciphertext_len()];
+        let mut ct = Vec::new();
         let mut scratch = vec![0u8; CHUNK_SIZE];
-        let mut batch_start = first;
-        while batch_start <= last {
-            let batch_end = (batch_start + BATCH_CHUNKS - 1).min(last);
-            let ct_start = combo.chunk_offset(batch_start);
-            let ct_end = combo
-                .ciphertext_size(size)
-                .min(combo.chunk_offset(batch_end + 1));
-            let ct_len = (ct_end - ct_start) as usize;
-            let got = read_full_at(&self.file, &mut ct[..ct_len], ct_start).at(&self.path)?;
-            if got < ct_len {
-                return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(batch_end))));
+        // At most BATCH_CHUNKS chunks per pread, so memory stays bounded for any request.
+        while done < buf.len() {
+            let want = (buf.len() - done).min(BATCH_CHUNKS as usize * CHUNK_SIZE) as u64;
+            let Some(plan) = ReadPlan::new(combo, offset + done as u64, want, size) else {
+                break;
+            };
+            ct.resize(plan.ct_len, 0);
+            let got = read_full_at(&self.file, &mut ct, plan.ct_offset).at(&self.path)?;
+            if got < plan.ct_len {
+                return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(plan.last))));
             }
-            for i in batch_start..=batch_end {
-                let rel = ((i - batch_start) as usize) * combo.chunk_ciphertext_len();
-                let chunk_ct = &ct[rel..ct_len.min(rel + combo.chunk_ciphertext_len())];
-                let chunk_start = i * c;
-                let from = start.max(chunk_start);
-                let to = end.min(chunk_start + c);
-                let dst = &mut out[(from - start) as usize..(to - start) as usize];
-                if from == chunk_start
-                    && to - from == (chunk_ct.len() - combo.chunk_overhead()) as u64
-                {
-                    // The whole chunk is wanted: decrypt straight into the caller's buffer.
-                    self.content
-                        .decrypt_chunk(header, i, chunk_ct, dst)
-                        .map_err(|e| self.content_err(e))?;
-                } else {
-                    let n = self
-                        .content
-                        .decrypt_chunk(header, i, chunk_ct, &mut scratch)
-                        .map_err(|e| self.content_err(e))?;
-                    let a = (from - chunk_start) as usize;
-                    let b = ((to - chunk_start) as usize).min(n);
-                    dst[..b - a].copy_from_slice(&scratch[a..b]);
-                }
-            }
-            batch_start = batch_end + 1;
+            plan.decrypt(
+                &self.content,
+                header,
+                &ct,
+                &mut buf[done..done + plan.len()],
+                &mut scratch,
+            )
+            .map_err(|e| self.content_err(e))?;
+            done += plan.len();
         }
-        Ok(())
+        Ok(done)
     }
 
     /// Writes `data` at `offset`, growing the file (with zeros) as needed. Only the chunks the
     /// range touches are re-encrypted; partial chunks are read, patched and rewritten.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let mut guard = self.header.write().unwrap_or_else(|p| p.into_inner());
-        self.write_locked(&mut guard, offset, data.len() as u64, Some(data))
+        let header = self.ensure_header()?;
+        let _guard = self.header.write().unwrap_or_else(|p| p.into_inner());
+        self.write_locked(&header, offset, data.len() as u64, Some(data))
     }
 
     /// Sets the cleartext size: shrinking re-encrypts the new last chunk, growing appends
     /// zeros.
     pub fn set_len(&self, new_size: u64) -> Result<()> {
-        let mut guard = self.header.write().unwrap_or_else(|p| p.into_inner());
+        let header = self.ensure_header()?;
+        let _guard = self.header.write().unwrap_or_else(|p| p.into_inner());
         let old_size = self.size()?;
         if new_size > old_size {
-            return self.write_locked(&mut guard, old_size, new_size - old_size, None);
+            return self.write_locked(&header, old_size, new_size - old_size, None);
         }
         if new_size == old_size {
             return Ok(());
         }
         let combo = self.content.combo();
-        let header = guard
-            .as_ref()
-            .ok_or_else(|| self.content_err(CryptoError::Truncated(ContentPart::Header)))?;
         let rem = (new_size % CHUNK_SIZE as u64) as usize;
         if rem != 0 {
+            // Re-encrypt the new last chunk, shortened: a "write" of nothing over its kept part.
             let index = new_size / CHUNK_SIZE as u64;
-            let mut clear = vec![0u8; CHUNK_SIZE];
-            self.read_range(
-                header,
-                index * CHUNK_SIZE as u64,
-                new_size,
-                old_size,
-                &mut clear[..rem],
-            )?;
+            let old = self.read_chunk(&header, index, old_size)?;
             let mut ct = vec![0u8; combo.chunk_ciphertext_len()];
             let n = self
                 .content
-                .encrypt_chunk(header, index, &clear[..rem], &mut ct);
+                .encrypt_chunk(&header, index, &old[..rem], &mut ct);
             self.file
                 .write_all_at(&ct[..n], combo.chunk_offset(index))
                 .at(&self.path)?;
@@ -1237,78 +1224,65 @@ impl FileHandle {
             .at(&self.path)
     }
 
+    /// Decrypts chunk `index` of a file of cleartext size `size`.
+    fn read_chunk(&self, header: &FileHeader, index: u64, size: u64) -> Result<Vec<u8>> {
+        let combo = self.content.combo();
+        let start = index * CHUNK_SIZE as u64;
+        let plan = ReadPlan::new(combo, start, CHUNK_SIZE as u64, size)
+            .ok_or_else(|| self.content_err(CryptoError::Truncated(ContentPart::Chunk(index))))?;
+        let mut ct = vec![0u8; plan.ct_len];
+        let got = read_full_at(&self.file, &mut ct, plan.ct_offset).at(&self.path)?;
+        if got < plan.ct_len {
+            return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(index))));
+        }
+        let mut out = vec![0u8; plan.len()];
+        let mut scratch = vec![0u8; CHUNK_SIZE];
+        plan.decrypt(&self.content, header, &ct, &mut out, &mut scratch)
+            .map_err(|e| self.content_err(e))?;
+        Ok(out)
+    }
+
     fn write_locked(
         &self,
-        guard: &mut Option<FileHeader>,
+        header: &FileHeader,
         offset: u64,
         len: u64,
         data: Option<&[u8]>,
     ) -> Result<()> {
         let combo = self.content.combo();
-        if guard.is_none() {
-            let header = self.content.new_header();
-            let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
-            self.content.encrypt_header(&header, &mut buf);
-            self.file
-                .write_all_at(&buf[..combo.header_len()], 0)
-                .at(&self.path)?;
-            *guard = Some(header);
-        }
-        let header = guard.as_ref().expect("set above");
         let old_size = self.size()?;
-        if len == 0 {
+        let Some(plan) = WritePlan::new(offset, len, old_size) else {
             return Ok(());
+        };
+        let mut edges: Vec<(u64, Vec<u8>)> = Vec::with_capacity(2);
+        for edge in plan.edges() {
+            edges.push((edge.index, self.read_chunk(header, edge.index, old_size)?));
         }
-        let c = CHUNK_SIZE as u64;
-        let end = offset + len;
-        let new_size = old_size.max(end);
-        let first = offset.min(old_size) / c;
-        let last = (end - 1) / c;
+        let old = |i: u64| {
+            edges
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, d)| d.as_slice())
+        };
         let mut clear = vec![0u8; CHUNK_SIZE];
         let mut out = vec![0u8; (BATCH_CHUNKS as usize) * combo.chunk_ciphertext_len()];
-        let mut batch_start = first;
-        while batch_start <= last {
-            let batch_end = (batch_start + BATCH_CHUNKS - 1).min(last);
-            let mut pos = 0;
-            for i in batch_start..=batch_end {
-                let chunk_start = i * c;
-                let chunk_len = (new_size.min(chunk_start + c) - chunk_start) as usize;
-                let old_len = old_size.saturating_sub(chunk_start).min(c) as usize;
-                let w_from = offset.max(chunk_start);
-                let w_to = end.min(chunk_start + c);
-                let covers_old = w_from <= chunk_start && w_to >= chunk_start + old_len as u64;
-                let clear = &mut clear[..chunk_len];
-                if old_len > 0 && !covers_old {
-                    self.read_range(
-                        header,
-                        chunk_start,
-                        chunk_start + old_len as u64,
-                        old_size,
-                        &mut clear[..old_len],
-                    )?;
-                    clear[old_len..].fill(0);
-                } else {
-                    clear.fill(0);
-                }
-                if w_to > w_from {
-                    let a = (w_from - chunk_start) as usize;
-                    let b = (w_to - chunk_start) as usize;
-                    if let Some(data) = data {
-                        clear[a..b].copy_from_slice(
-                            &data[(w_from - offset) as usize..(w_to - offset) as usize],
-                        );
-                    } else {
-                        clear[a..b].fill(0);
-                    }
-                }
-                pos += self
-                    .content
-                    .encrypt_chunk(header, i, clear, &mut out[pos..]);
-            }
+        let mut from = plan.first;
+        while from <= plan.last {
+            let to = (from + BATCH_CHUNKS - 1).min(plan.last);
+            let n = plan.encrypt(
+                &self.content,
+                header,
+                from,
+                to,
+                data,
+                &old,
+                &mut clear,
+                &mut out,
+            );
             self.file
-                .write_all_at(&out[..pos], combo.chunk_offset(batch_start))
+                .write_all_at(&out[..n], combo.chunk_offset(from))
                 .at(&self.path)?;
-            batch_start = batch_end + 1;
+            from = to + 1;
         }
         Ok(())
     }
