@@ -1,0 +1,232 @@
+//! `mount` and `umount`: serve a vault through FUSE in the foreground or as a daemon, and
+//! unmount it cleanly on SIGINT/SIGTERM or `oxcrypt umount`.
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use oxcrypt_core::{CreateOptions, Vault};
+use oxcrypt_fuse::{MountOptions, Unmounter};
+use oxcrypt_io::{EngineConfig, IoMode};
+
+use crate::{password, Global, EXIT_OK};
+
+/// Options of `oxcrypt mount` after parsing.
+pub struct MountArgs<'a> {
+    pub vault: &'a Path,
+    pub mountpoint: &'a Path,
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub threads: Option<usize>,
+    pub io: Option<IoMode>,
+    pub init: bool,
+    pub daemon: bool,
+    pub ttl_ms: u64,
+    pub unregistered_buffers: bool,
+    pub metadata_on_thread: bool,
+}
+
+fn open_or_init(g: &Global, args: &MountArgs<'_>) -> Result<Vault> {
+    let exists = args.vault.join(oxcrypt_core::config::CONFIG_FILE).exists();
+    if args.init && !exists {
+        let pw = password::vault_password(g.password_file.as_deref(), true)?;
+        let v = Vault::create(args.vault, &pw, &CreateOptions::default())
+            .with_context(|| format!("cannot create vault {}", args.vault.display()))?;
+        eprintln!("created vault {}", args.vault.display());
+        return Ok(v);
+    }
+    crate::commands::unlock(g, args.vault)
+}
+
+/// Lazily unmounts a mount whose daemon died, so a new mount can take its place.
+fn clean_stale(mountpoint: &Path) {
+    if oxcrypt_fuse::is_stale_mount(mountpoint) && lazy_unmount(mountpoint).is_ok() {
+        eprintln!(
+            "oxcrypt: removed a stale mount left by a daemon that died at {}",
+            mountpoint.display()
+        );
+    }
+}
+
+fn cstr(p: &Path) -> Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| anyhow!("path contains NUL"))
+}
+
+fn lazy_unmount(p: &Path) -> std::io::Result<()> {
+    let c = cstr(p).map_err(std::io::Error::other)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
+    let vault = open_or_init(g, args)?;
+    clean_stale(args.mountpoint);
+    let mut options = MountOptions {
+        read_only: args.read_only,
+        allow_other: args.allow_other,
+        engine: EngineConfig {
+            mode: args.io,
+            unregistered_buffers: args.unregistered_buffers,
+            ..EngineConfig::default()
+        },
+        ttl: Duration::from_millis(args.ttl_ms),
+        metadata_on_thread: args.metadata_on_thread,
+        ..MountOptions::default()
+    };
+    if let Some(t) = args.threads {
+        if t == 0 {
+            bail!("--threads must be at least 1");
+        }
+        options.threads = t;
+        options.engine.workers = t;
+    }
+    if args.daemon {
+        return daemonize(vault, args.mountpoint, &options);
+    }
+    serve(vault, args.mountpoint, &options, None)
+}
+
+/// Mounts and serves until unmounted; reports readiness on `ready` (daemon mode).
+fn serve(
+    vault: Vault,
+    mountpoint: &Path,
+    options: &MountOptions,
+    ready: Option<OwnedFd>,
+) -> Result<u8> {
+    let mut mounted = match oxcrypt_fuse::mount(vault, mountpoint, options) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(fd) = ready {
+                let mut f = std::fs::File::from(fd);
+                let _ = write!(f, "{e}");
+            }
+            return Err(anyhow!(e));
+        }
+    };
+    eprintln!(
+        "oxcrypt: mounted at {} (io: {}); stop with Ctrl-C or `oxcrypt umount {}`",
+        mountpoint.display(),
+        mounted.io_mode,
+        mountpoint.display()
+    );
+    if let Some(u) = mounted.take_unmounter() {
+        watch_signals(u)?;
+    }
+    if let Some(fd) = ready {
+        let mut f = std::fs::File::from(fd);
+        let _ = f.write_all(b"OK");
+    }
+    mounted.serve().context("serving the mount")?;
+    Ok(EXIT_OK)
+}
+
+/// On SIGINT/SIGTERM: unmount (the serve loop then returns, finishing queued I/O and syncing
+/// open files).
+fn watch_signals(mut unmounter: Unmounter) -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("oxcrypt-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(sig, "signal received: unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    tracing::error!(error = %e, "unmount failed");
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// Forks: the child mounts and serves detached; the parent waits until the mount is up.
+fn daemonize(vault: Vault, mountpoint: &Path, options: &MountOptions) -> Result<u8> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills two descriptors.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe() owned here only.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other threads exist yet (the vault is unlocked, nothing is mounted).
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {
+            drop(read_end);
+            // SAFETY: plain libc calls in the child.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    libc::dup2(null, 0);
+                    libc::dup2(null, 1);
+                    libc::dup2(null, 2);
+                }
+            }
+            let code = serve(vault, mountpoint, options, Some(write_end)).unwrap_or(1);
+            std::process::exit(code.into());
+        }
+        _child => {
+            drop(write_end);
+            let mut msg = String::new();
+            let mut f = std::fs::File::from(read_end);
+            let _ = f.read_to_string(&mut msg);
+            if msg.starts_with("OK") {
+                eprintln!(
+                    "oxcrypt: mounted at {} in the background",
+                    mountpoint.display()
+                );
+                Ok(EXIT_OK)
+            } else if msg.is_empty() {
+                bail!("the mount daemon exited before mounting")
+            } else {
+                bail!("{msg}")
+            }
+        }
+    }
+}
+
+pub fn umount(mountpoint: &Path) -> Result<u8> {
+    let c = cstr(mountpoint)?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(EXIT_OK);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EBUSY) => bail!(
+            "{}: busy (a process has files open there or is inside it); close them, or detach with `umount -l {}`",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Some(libc::ENOTCONN) => {
+            lazy_unmount(mountpoint).with_context(|| format!("{}: stale mount", mountpoint.display()))?;
+            Ok(EXIT_OK)
+        }
+        Some(libc::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg(mountpoint)
+                .status()
+                .context("not root and fusermount3 is not available")?;
+            if status.success() {
+                Ok(EXIT_OK)
+            } else {
+                bail!("{}: fusermount3 -u failed", mountpoint.display())
+            }
+        }
+        Some(libc::EINVAL) => bail!("{}: not a mountpoint", mountpoint.display()),
+        _ => Err(anyhow!(e).context(format!("cannot unmount {}", mountpoint.display()))),
+    }
+}

@@ -1,0 +1,92 @@
+//! Metadata caches answered synchronously in the FUSE threads: attributes per inode and
+//! directory listings per directory inode. Every change made through the mount invalidates the
+//! entries it touches; a short time-to-live covers changes made behind the mount's back (vaults
+//! often live in sync folders).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use oxcrypt_core::{Attr, Node};
+
+/// One entry of a cached listing.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    /// Cleartext name (NFC).
+    pub name: String,
+    /// The vault node.
+    pub node: Node,
+    /// Its attributes at listing time.
+    pub attr: Attr,
+    /// Its FUSE inode number.
+    pub ino: u64,
+}
+
+/// Attribute and listing caches.
+#[derive(Debug)]
+pub struct MetaCache {
+    ttl: Duration,
+    attrs: DashMap<u64, (Attr, Instant)>,
+    listings: DashMap<u64, (Arc<Vec<Listed>>, Instant)>,
+}
+
+impl MetaCache {
+    /// Caches whose entries expire after `ttl` (zero disables caching).
+    pub fn new(ttl: Duration) -> Self {
+        MetaCache {
+            ttl,
+            attrs: DashMap::new(),
+            listings: DashMap::new(),
+        }
+    }
+
+    /// The time-to-live of entries (also given to the kernel).
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.ttl
+    }
+
+    /// Cached attributes of `ino`, if fresh.
+    pub fn attr(&self, ino: u64) -> Option<Attr> {
+        self.attrs
+            .get(&ino)
+            .filter(|e| self.fresh(e.1))
+            .map(|e| e.0)
+    }
+
+    /// Stores attributes of `ino`.
+    pub fn put_attr(&self, ino: u64, attr: Attr) {
+        if !self.ttl.is_zero() {
+            self.attrs.insert(ino, (attr, Instant::now()));
+        }
+    }
+
+    /// Drops the attributes of `ino`.
+    pub fn forget_attr(&self, ino: u64) {
+        self.attrs.remove(&ino);
+    }
+
+    /// Cached listing of directory `ino`, if fresh.
+    pub fn listing(&self, ino: u64) -> Option<Arc<Vec<Listed>>> {
+        self.listings
+            .get(&ino)
+            .filter(|e| self.fresh(e.1))
+            .map(|e| e.0.clone())
+    }
+
+    /// Stores the listing of directory `ino` (sorted by name).
+    pub fn put_listing(&self, ino: u64, listing: Arc<Vec<Listed>>) {
+        if !self.ttl.is_zero() {
+            self.listings.insert(ino, (listing, Instant::now()));
+        }
+    }
+
+    /// A directory's entries changed: drop its listing and attributes.
+    pub fn dir_changed(&self, ino: u64) {
+        self.listings.remove(&ino);
+        self.attrs.remove(&ino);
+    }
+}
