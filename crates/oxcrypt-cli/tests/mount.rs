@@ -1,0 +1,732 @@
+//! The mount through the real kernel FUSE: the same scripted operations on the mount and on a
+//! plain directory must give the same results; concurrency, mmap, fixtures, cross-checks with
+//! the offline CLI, signals and mountpoint errors.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PW: &str = "mount test password";
+const BIN: &str = env!("CARGO_BIN_EXE_oxcrypt");
+
+fn is_mounted(p: &Path) -> bool {
+    let canon = fs::canonicalize(p.parent().unwrap())
+        .unwrap()
+        .join(p.file_name().unwrap());
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+}
+
+/// A mounted vault in a temp dir; always unmounted and reaped on drop, even after a failure.
+struct Mount {
+    child: Option<Child>,
+    mnt: PathBuf,
+    vault: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Mount {
+    fn fresh(extra: &[&str]) -> Mount {
+        let tmp = tempfile::tempdir().unwrap();
+        let vault = tmp.path().join("vault");
+        init_vault(&vault);
+        let mut m = Mount::at(&vault, &tmp.path().join("mnt"), PW, extra);
+        m._tmp = Some(tmp);
+        m
+    }
+
+    fn at(vault: &Path, mnt: &Path, pw: &str, extra: &[&str]) -> Mount {
+        let _ = fs::create_dir_all(mnt); // fails on a stale mount, which the daemon cleans
+        let child = Command::new(BIN)
+            .arg("mount")
+            .arg(vault)
+            .arg(mnt)
+            .args(extra)
+            .env("OXCRYPT_PASSWORD", pw)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let m = Mount {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+            vault: vault.to_path_buf(),
+            _tmp: None,
+        };
+        let start = Instant::now();
+        while !(is_mounted(mnt) && fs::metadata(mnt).is_ok()) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "mount did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Unmounts with `oxcrypt umount` and returns the daemon's exit status.
+    fn unmount(mut self) -> std::process::ExitStatus {
+        let out = Command::new(BIN)
+            .arg("umount")
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.child.take().unwrap().wait().unwrap()
+    }
+}
+
+fn init_vault(vault: &Path) {
+    let out = Command::new(BIN)
+        .args(["init", vault.to_str().unwrap(), "--scrypt-cost", "16"])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Detach every mount stacked here (a stale one may sit below ours).
+        let c = std::ffi::CString::new(self.mnt.to_str().unwrap()).unwrap();
+        for _ in 0..4 {
+            if !is_mounted(&self.mnt) {
+                break;
+            }
+            // SAFETY: valid path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Some(mut child) = self.child.take() {
+            let start = Instant::now();
+            while child.try_wait().ok().flatten().is_none()
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn errno_of(e: &std::io::Error) -> String {
+    format!("E{}", e.raw_os_error().unwrap_or(-1))
+}
+
+/// Runs a script of file operations under `root`, recording every outcome as text.
+fn script(root: &Path) -> Vec<String> {
+    let mut log = Vec::new();
+    let p = |s: &str| root.join(s);
+    macro_rules! rec {
+        ($what:expr, $e:expr) => {
+            log.push(match $e {
+                Ok(v) => format!("{}: ok {:?}", $what, v),
+                Err(e) => format!("{}: err {}", $what, errno_of(&e)),
+            })
+        };
+    }
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    rec!("mkdir a", fs::create_dir(p("a")));
+    rec!("mkdir a again", fs::create_dir(p("a")));
+    rec!("mkdir a/b", fs::create_dir(p("a/b")));
+    rec!("write f", fs::write(p("a/f"), &data));
+    rec!("read f", fs::read(p("a/f")).map(|d| d == data));
+    rec!("size f", fs::metadata(p("a/f")).map(|m| m.len()));
+    // Overwrite in the middle, across a chunk boundary.
+    rec!(
+        "patch f",
+        OpenOptions::new()
+            .write(true)
+            .open(p("a/f"))
+            .and_then(|f| f.write_all_at(b"PATCHED", 32765))
+    );
+    rec!(
+        "read patched",
+        fs::read(p("a/f")).map(|d| (d.len(), d[32760..32775].to_vec()))
+    );
+    // Sparse extension by writing past the end.
+    rec!(
+        "write past end",
+        OpenOptions::new()
+            .write(true)
+            .open(p("a/f"))
+            .and_then(|f| f.write_all_at(b"END", 300_000))
+    );
+    rec!(
+        "read hole",
+        fs::read(p("a/f")).map(|d| (d.len(), d[200_000..200_010].to_vec(), d[300_000..].to_vec()))
+    );
+    // Truncate down and up, ftruncate.
+    rec!(
+        "truncate 40000",
+        OpenOptions::new()
+            .write(true)
+            .open(p("a/f"))
+            .and_then(|f| f.set_len(40_000))
+    );
+    rec!(
+        "truncate 70000",
+        OpenOptions::new()
+            .write(true)
+            .open(p("a/f"))
+            .and_then(|f| f.set_len(70_000))
+    );
+    rec!(
+        "read truncated",
+        fs::read(p("a/f")).map(|d| (d.len(), d[39_990..40_010].to_vec()))
+    );
+    // O_TRUNC, O_APPEND, O_EXCL.
+    rec!(
+        "o_trunc",
+        OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(p("a/f"))
+            .and_then(|mut f| f.write_all(b"short"))
+    );
+    rec!(
+        "o_append",
+        OpenOptions::new()
+            .append(true)
+            .open(p("a/f"))
+            .and_then(|mut f| f.write_all(b"+tail"))
+    );
+    rec!("read appended", fs::read_to_string(p("a/f")));
+    rec!(
+        "o_excl existing",
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p("a/f"))
+            .map(|_| ())
+    );
+    rec!(
+        "o_excl new",
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(p("a/g"))
+            .map(|_| ())
+    );
+    rec!("mode g", fs::metadata(p("a/g")).map(|m| m.mode() & 0o777));
+    rec!(
+        "chmod g",
+        fs::set_permissions(p("a/g"), fs::Permissions::from_mode(0o600))
+    );
+    rec!(
+        "mode g after",
+        fs::metadata(p("a/g")).map(|m| m.mode() & 0o7777)
+    );
+    // Seek + read at offsets.
+    rec!(
+        "seek read",
+        File::open(p("a/f")).and_then(|mut f| {
+            f.seek(SeekFrom::Start(2))?;
+            let mut b = [0u8; 3];
+            f.read_exact(&mut b)?;
+            Ok(b)
+        })
+    );
+    // Directories and rename.
+    rec!("rmdir non-empty", fs::remove_dir(p("a")));
+    rec!("rename f->b/f2", fs::rename(p("a/f"), p("a/b/f2")));
+    rec!("rename g over f2", fs::rename(p("a/g"), p("a/b/f2")));
+    rec!("rename dir", fs::rename(p("a/b"), p("c")));
+    rec!("rename missing", fs::rename(p("nothing"), p("x")));
+    rec!("rename dir over file", {
+        fs::create_dir(p("d")).and_then(|_| fs::rename(p("d"), p("c/f2")))
+    });
+    rec!("rename file over dir", fs::rename(p("c/f2"), p("d")));
+    rec!(
+        "mkdir nonempty target",
+        fs::create_dir(p("e")).and_then(|_| fs::write(p("e/x"), b"x"))
+    );
+    rec!("rename dir over non-empty dir", fs::rename(p("d"), p("e")));
+    rec!("rename dir over empty dir", fs::rename(p("e"), p("d")));
+    let long = "L".repeat(200);
+    rec!(
+        "long name create",
+        fs::write(p(&format!("c/{long}")), b"long")
+    );
+    rec!("long name read", fs::read(p(&format!("c/{long}"))));
+    rec!("too long name", fs::write(p(&"N".repeat(256)), b"x"));
+    rec!(
+        "long rename to short",
+        fs::rename(p(&format!("c/{long}")), p("c/short"))
+    );
+    rec!("multibyte", fs::write(p("c/日本語 ü.txt"), "unicode"));
+    // Symlinks.
+    rec!("symlink", std::os::unix::fs::symlink("c/short", p("ln")));
+    rec!("readlink", fs::read_link(p("ln")));
+    rec!("read via link", fs::read(p("ln")));
+    rec!(
+        "lstat link",
+        fs::symlink_metadata(p("ln")).map(|m| m.file_type().is_symlink())
+    );
+    // Unlink, rmdir.
+    rec!("unlink", fs::remove_file(p("c/short")));
+    rec!("unlink missing", fs::remove_file(p("c/short")));
+    rec!("rmdir file", fs::remove_dir(p("ln")));
+    rec!("unlink dir", fs::remove_file(p("c")));
+    // Timestamps.
+    rec!(
+        "set mtime",
+        File::options().write(true).open(p("c/f2")).and_then(|f| {
+            f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000))
+        })
+    );
+    rec!("mtime", fs::metadata(p("c/f2")).map(|m| m.mtime()));
+    // Final tree, sorted, with sizes and kinds.
+    let mut tree = Vec::new();
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let name = e.file_name().into_string().unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            let kind = if md.is_dir() {
+                "d"
+            } else if md.file_type().is_symlink() {
+                "l"
+            } else {
+                "f"
+            };
+            let size = if md.is_file() { md.len() } else { 0 };
+            out.push(format!("{kind} {rel}/{name} {size}"));
+            if md.is_dir() {
+                walk(&e.path(), &format!("{rel}/{name}"), out);
+            }
+        }
+    }
+    walk(root, "", &mut tree);
+    log.push(format!("tree {tree:#?}"));
+    log
+}
+
+#[test]
+fn mount_behaves_like_a_plain_directory() {
+    for io in ["uring", "sync"] {
+        let m = Mount::fresh(&["--io", io]);
+        let plain = tempfile::tempdir().unwrap();
+        let expected = script(plain.path());
+        let got = script(&m.mnt);
+        for (e, g) in expected.iter().zip(&got) {
+            assert_eq!(g, e, "--io {io}: mount and plain directory differ");
+        }
+        assert_eq!(got.len(), expected.len());
+        assert!(m.unmount().success());
+    }
+}
+
+#[test]
+fn things_the_format_lacks_fail_cleanly() {
+    let m = Mount::fresh(&[]);
+    fs::write(m.mnt.join("f"), b"x").unwrap();
+    let e = fs::hard_link(m.mnt.join("f"), m.mnt.join("h")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    let c = std::ffi::CString::new(m.mnt.join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: valid path.
+    let r = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(r, -1);
+    let c = std::ffi::CString::new(m.mnt.join("f").to_str().unwrap()).unwrap();
+    // SAFETY: valid path and value.
+    let r = unsafe { libc::setxattr(c.as_ptr(), c"user.x".as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+    assert_eq!(r, -1);
+    // The daemon survived all of it.
+    assert_eq!(fs::read(m.mnt.join("f")).unwrap(), b"x");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn concurrent_writers_appenders_readers_and_renames() {
+    let m = Mount::fresh(&[]);
+    let root = m.mnt.clone();
+    // Disjoint ranges of one file from 4 threads.
+    let f = root.join("shared");
+    File::create(&f).unwrap().set_len(4 * 256 * 1024).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let f = f.clone();
+            s.spawn(move || {
+                let file = OpenOptions::new().write(true).open(&f).unwrap();
+                for k in 0..16u64 {
+                    let off = (t as u64) * 256 * 1024 + k * 16 * 1024;
+                    file.write_all_at(&[t + 1; 16 * 1024], off).unwrap();
+                }
+            });
+        }
+        // A reader running meanwhile must never see an error.
+        let f = f.clone();
+        s.spawn(move || {
+            for _ in 0..20 {
+                let d = fs::read(&f).unwrap();
+                assert_eq!(d.len(), 4 * 256 * 1024);
+            }
+        });
+    });
+    let d = fs::read(&f).unwrap();
+    for t in 0..4usize {
+        assert!(
+            d[t * 256 * 1024..(t + 1) * 256 * 1024]
+                .iter()
+                .all(|&b| b == t as u8 + 1),
+            "range {t}"
+        );
+    }
+    // Appenders: every record lands whole.
+    let log = root.join("log");
+    File::create(&log).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let log = log.clone();
+            s.spawn(move || {
+                let mut f = OpenOptions::new().append(true).open(&log).unwrap();
+                for _ in 0..50 {
+                    f.write_all(&[b'a' + t; 100]).unwrap();
+                }
+            });
+        }
+    });
+    let d = fs::read(&log).unwrap();
+    assert_eq!(d.len(), 4 * 50 * 100);
+    for rec in d.chunks(100) {
+        assert!(rec.iter().all(|&b| b == rec[0]), "torn append record");
+    }
+    // Rename storm: files keep moving between two directories; none is lost.
+    fs::create_dir(root.join("x")).unwrap();
+    fs::create_dir(root.join("y")).unwrap();
+    for i in 0..20 {
+        fs::write(root.join("x").join(format!("n{i}")), format!("{i}")).unwrap();
+    }
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let root = root.clone();
+            s.spawn(move || {
+                for round in 0..10 {
+                    for i in (t..20).step_by(4) {
+                        let (a, b) = if round % 2 == 0 {
+                            ("x", "y")
+                        } else {
+                            ("y", "x")
+                        };
+                        fs::rename(
+                            root.join(a).join(format!("n{i}")),
+                            root.join(b).join(format!("n{i}")),
+                        )
+                        .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let mut names: Vec<String> = fs::read_dir(root.join("x"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 20);
+    for i in 0..20 {
+        assert_eq!(
+            fs::read_to_string(root.join("x").join(format!("n{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn mmap_reads_and_writes() {
+    let m = Mount::fresh(&[]);
+    let p = m.mnt.join("mapped");
+    fs::write(&p, vec![b'.'; 100_000]).unwrap();
+    let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: mapping a file we own, length within the file, unmapped below.
+    unsafe {
+        let len = 100_000;
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(
+            ptr,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
+        let s = std::slice::from_raw_parts_mut(ptr as *mut u8, len);
+        assert_eq!(s[50_000], b'.');
+        s[40_000..40_005].copy_from_slice(b"MMAP!");
+        assert_eq!(libc::msync(ptr, len, libc::MS_SYNC), 0);
+        libc::munmap(ptr, len);
+    }
+    drop(f);
+    let d = fs::read(&p).unwrap();
+    assert_eq!(&d[40_000..40_005], b"MMAP!");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn mount_and_offline_cli_agree_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(m.mnt.join("via-mount"), &data).unwrap();
+    let cat = Command::new(BIN)
+        .args(["cat", vault.to_str().unwrap(), "/via-mount"])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert_eq!(cat.stdout, data);
+    assert!(m.unmount().success());
+    // Written offline, read through a new mount.
+    let local = tempfile::NamedTempFile::new().unwrap();
+    fs::write(local.path(), b"from the cli").unwrap();
+    let put = Command::new(BIN)
+        .args([
+            "put",
+            vault.to_str().unwrap(),
+            local.path().to_str().unwrap(),
+            "/via-cli",
+        ])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let mnt2 = vault.parent().unwrap().join("mnt2");
+    let m2 = Mount::at(&vault, &mnt2, PW, &[]);
+    assert_eq!(fs::read(mnt2.join("via-cli")).unwrap(), b"from the cli");
+    assert_eq!(fs::read(mnt2.join("via-mount")).unwrap(), data);
+    assert!(m2.unmount().success());
+}
+
+fn fixtures_dir() -> PathBuf {
+    std::env::var("OXCRYPT_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+        })
+}
+
+fn sha256_hex(d: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(d)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn every_format8_fixture_mounts_with_its_manifest() {
+    let dir = fixtures_dir();
+    let index: Vec<serde_json::Value> =
+        serde_json::from_slice(&fs::read(dir.join("fixtures.json")).unwrap()).unwrap();
+    let mut mounted = 0;
+    for fx in index.iter().filter(|f| f["format"] == 8) {
+        let name = fx["name"].as_str().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Mount::at(
+            &dir.join(fx["vault"].as_str().unwrap()),
+            &tmp.path().join("mnt"),
+            fx["password"].as_str().unwrap(),
+            &["--read-only"],
+        );
+        let mut lines = Vec::new();
+        fn walk(root: &Path, rel: &str, out: &mut Vec<String>) {
+            for e in fs::read_dir(root.join(rel.trim_start_matches('/'))).unwrap() {
+                let e = e.unwrap();
+                let n = e.file_name().into_string().unwrap();
+                let r = if rel.is_empty() {
+                    n.clone()
+                } else {
+                    format!("{rel}/{n}")
+                };
+                let md = fs::symlink_metadata(e.path()).unwrap();
+                if md.file_type().is_symlink() {
+                    let t = fs::read_link(e.path())
+                        .unwrap()
+                        .into_os_string()
+                        .into_string()
+                        .unwrap();
+                    out.push(format!(
+                        "l {} {} {r} -> {t}",
+                        sha256_hex(t.as_bytes()),
+                        t.len()
+                    ));
+                } else if md.is_dir() {
+                    out.push(format!("d - - {r}/"));
+                    walk(root, &r, out);
+                } else {
+                    let d = fs::read(e.path()).unwrap();
+                    assert_eq!(
+                        d.len() as u64,
+                        md.len(),
+                        "{r}: size differs from bytes read"
+                    );
+                    out.push(format!("f {} {} {r}", sha256_hex(&d), d.len()));
+                }
+            }
+        }
+        walk(&m.mnt, "", &mut lines);
+        lines.sort();
+        let mut expected: Vec<String> =
+            fs::read_to_string(dir.join(name).join("expected.manifest"))
+                .unwrap()
+                .lines()
+                .map(String::from)
+                .collect();
+        expected.sort();
+        assert_eq!(lines, expected, "{name}");
+        // Read-only: writes are refused.
+        let e = fs::write(m.mnt.join("new"), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{name}");
+        assert!(m.unmount().success());
+        mounted += 1;
+    }
+    assert!(mounted >= 5);
+}
+
+#[test]
+fn io_uring_ring_and_registered_buffers_are_in_use() {
+    let m = Mount::fresh(&[]);
+    fs::write(m.mnt.join("f"), vec![7u8; 300_000]).unwrap();
+    assert_eq!(fs::read(m.mnt.join("f")).unwrap().len(), 300_000);
+    let mut rings = 0;
+    let mut bufs = 0;
+    for fd in fs::read_dir(format!("/proc/{}/fd", m.pid())).unwrap() {
+        let fd = fd.unwrap();
+        let target = fs::read_link(fd.path()).unwrap_or_default();
+        if target.to_string_lossy().contains("io_uring") {
+            rings += 1;
+            let info = fs::read_to_string(format!(
+                "/proc/{}/fdinfo/{}",
+                m.pid(),
+                fd.file_name().to_str().unwrap()
+            ))
+            .unwrap();
+            let user_bufs = info
+                .lines()
+                .find(|l| l.starts_with("UserBufs:"))
+                .unwrap_or("UserBufs: 0");
+            bufs += user_bufs
+                .trim_start_matches("UserBufs:")
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0);
+        }
+    }
+    assert!(rings >= 1, "no io_uring descriptor in the daemon");
+    assert!(bufs >= 3, "no registered buffers ({bufs})");
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn sigterm_flushes_and_unmounts_with_status_0() {
+    let mut m = Mount::fresh(&[]);
+    let mut f = File::create(m.mnt.join("open-at-exit")).unwrap();
+    f.write_all(b"written before SIGTERM").unwrap();
+    drop(f);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(m.pid() as i32, libc::SIGTERM) };
+    let status = m.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "daemon exit: {status:?}");
+    assert!(!is_mounted(&m.mnt));
+    let cat = Command::new(BIN)
+        .args(["cat", m.vault.to_str().unwrap(), "/open-at-exit"])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert_eq!(cat.stdout, b"written before SIGTERM");
+}
+
+#[test]
+fn bad_mountpoints_get_clear_errors() {
+    let m = Mount::fresh(&[]);
+    let try_mount = |mnt: &Path| {
+        Command::new(BIN)
+            .arg("mount")
+            .arg(&m.vault)
+            .arg(mnt)
+            .env("OXCRYPT_PASSWORD", PW)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Busy: already mounted.
+    let out = try_mount(&m.mnt);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already mounted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Missing.
+    let missing = m.vault.parent().unwrap().join("missing");
+    let out = try_mount(&missing);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    // Not empty.
+    let full = m.vault.parent().unwrap().join("full");
+    fs::create_dir(&full).unwrap();
+    fs::write(full.join("x"), b"x").unwrap();
+    let out = try_mount(&full);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    // Wrong password: exit 3, nothing mounted.
+    let other = m.vault.parent().unwrap().join("other");
+    fs::create_dir(&other).unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&m.vault)
+        .arg(&other)
+        .env("OXCRYPT_PASSWORD", "nope")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(!is_mounted(&other));
+    assert!(m.unmount().success());
+}
+
+#[test]
+fn stale_mount_of_a_killed_daemon_is_cleaned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let mut m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
+    fs::write(m.mnt.join("f"), b"kept").unwrap();
+    let mut child = m.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(is_mounted(&m.mnt), "the kernel keeps the dead mount");
+    let m2 = Mount::at(&m.vault.clone(), &m.mnt.clone(), PW, &[]);
+    assert_eq!(fs::read(m2.mnt.join("f")).unwrap(), b"kept");
+    assert!(m2.unmount().success());
+}
