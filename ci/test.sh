@@ -8,3 +8,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== pjdfstest on a mount"
+bash ci/pjdfstest.sh

@@ -298,7 +298,7 @@ enum Command {
 
 fn init_logging(verbose: u8) {
     let level = match verbose {
-        0 => "warn",
+        0 => "warn,fuser=error",
         1 => "info",
         _ => "debug",
     };

@@ -164,6 +164,26 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
+fn attr_from(kind: FileType, size: u64, nlink: u32, md: &fs::Metadata) -> Attr {
+    Attr {
+        kind,
+        size,
+        // Symlink permissions are meaningless on Linux and always shown as 0777.
+        perm: if kind == FileType::Symlink {
+            0o777
+        } else {
+            md.mode() & 0o7777
+        },
+        uid: md.uid(),
+        gid: md.gid(),
+        nlink,
+        atime: time(md.atime(), md.atime_nsec()),
+        mtime: time(md.mtime(), md.mtime_nsec()),
+        ctime: time(md.ctime(), md.ctime_nsec()),
+        ino: md.ino(),
+    }
+}
+
 /// Caches of directory ids: id → content directory, and (parent, name) → child id.
 #[derive(Debug, Default)]
 pub struct DirIdCache {
@@ -607,23 +627,22 @@ impl Vault {
             FileType::File => self.cleartext_size_of(&path, md.len())?,
             FileType::Symlink => self.readlink(node)?.len() as u64,
         };
-        Ok(Attr {
-            kind,
-            size,
-            // Symlink permissions are meaningless on Linux and always shown as 0777.
-            perm: if kind == FileType::Symlink {
-                0o777
-            } else {
-                md.mode() & 0o7777
-            },
-            uid: md.uid(),
-            gid: md.gid(),
-            nlink: if kind == FileType::Directory { 2 } else { 1 },
-            atime: time(md.atime(), md.atime_nsec()),
-            mtime: time(md.mtime(), md.mtime_nsec()),
-            ctime: time(md.ctime(), md.ctime_nsec()),
-            ino: md.ino(),
-        })
+        let nlink = match &node.kind {
+            NodeKind::Directory(_) => 2 + self.count_subdirs(&path),
+            _ => md.nlink() as u32,
+        };
+        Ok(attr_from(kind, size, nlink, &md))
+    }
+
+    /// Number of child directories in a content directory (for a directory's link count).
+    fn count_subdirs(&self, content_dir: &Path) -> u32 {
+        let Ok(rd) = fs::read_dir(content_dir) else {
+            return 0;
+        };
+        rd.flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter(|e| e.path().join(DIR_FILE).exists())
+            .count() as u32
     }
 
     fn cleartext_size_of(&self, path: &Path, len: u64) -> Result<u64> {
@@ -1137,6 +1156,14 @@ impl FileHandle {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// Attributes of the open file from its descriptor (right even after it was unlinked:
+    /// then `nlink` is 0).
+    pub fn attr(&self) -> Result<Attr> {
+        let md = self.file.metadata().at(&self.path)?;
+        let size = self.size()?;
+        Ok(attr_from(FileType::File, size, md.nlink() as u32, &md))
     }
 
     /// Current cleartext size.

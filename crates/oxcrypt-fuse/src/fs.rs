@@ -159,7 +159,13 @@ impl OxFs {
         if let Some(a) = self.cache.attr(ino) {
             return Ok(a);
         }
-        let a = self.vault.stat(node).map_err(err)?;
+        let open = self.open_files.get(&ino).and_then(|w| w.upgrade());
+        let a = match open {
+            // An open file answers from its descriptor: right even after unlink (nlink 0).
+            Some(f) => f.handle().attr(),
+            None => self.vault.stat(node),
+        }
+        .map_err(err)?;
         self.cache.put_attr(ino, a);
         Ok(a)
     }
@@ -488,8 +494,14 @@ impl Filesystem for OxFs {
             self.writable()?;
             let name = name_in(bump, name)?;
             let dir = self.dir_id(parent)?;
+            // The unlinked inode's cached attributes go too: an open descriptor now sees nlink 0.
+            let victim = self.vault.lookup(&dir, name).ok().flatten();
+            let victim_ino = victim.and_then(|n| self.vault.stat(&n).ok().map(|a| ino_of(&n, &a)));
             self.vault.unlink(&dir, name).map_err(err)?;
             self.cache.dir_changed(parent.0);
+            if let Some(ino) = victim_ino {
+                self.cache.forget_attr(ino);
+            }
             Ok(())
         });
         match r {
@@ -950,6 +962,40 @@ impl Filesystem for OxFs {
             ),
             Err(e) => reply.error(e),
         }
+    }
+
+    // Extended attributes are not part of the vault format. ENOSYS (not EOPNOTSUPP) makes the
+    // kernel remember that and stop asking, e.g. for security.capability before every write.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: fuser::ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn fallocate(
