@@ -273,6 +273,12 @@ enum Command {
         /// Metadata cache lifetime in milliseconds (daemon and kernel).
         #[arg(long, default_value_t = 1000, value_name = "MS")]
         cache_ms: u64,
+        /// Kernel read-ahead of the mount in KiB.
+        #[arg(long, default_value_t = 1024, value_name = "KIB")]
+        read_ahead_kb: u32,
+        /// Let the kernel cache writes (FUSE writeback cache; see kernel-notes/).
+        #[arg(long, hide = true)]
+        writeback_cache: bool,
         /// Benchmark ablation: io_uring with unregistered heap buffers.
         #[arg(long, hide = true)]
         unregistered_buffers: bool,
@@ -391,6 +397,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             cache_ms,
             unregistered_buffers,
             metadata_on_thread,
+            read_ahead_kb,
+            writeback_cache,
         } => mount::mount(
             g,
             &mount::MountArgs {
@@ -408,6 +416,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ttl_ms: cache_ms,
                 unregistered_buffers,
                 metadata_on_thread,
+                read_ahead_kb,
+                writeback_cache,
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),

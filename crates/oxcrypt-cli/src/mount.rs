@@ -26,6 +26,8 @@ pub struct MountArgs<'a> {
     pub ttl_ms: u64,
     pub unregistered_buffers: bool,
     pub metadata_on_thread: bool,
+    pub read_ahead_kb: u32,
+    pub writeback_cache: bool,
 }
 
 fn open_or_init(g: &Global, args: &MountArgs<'_>) -> Result<Vault> {
@@ -78,6 +80,8 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
         },
         ttl: Duration::from_millis(args.ttl_ms),
         metadata_on_thread: args.metadata_on_thread,
+        read_ahead_kb: args.read_ahead_kb,
+        writeback_cache: args.writeback_cache,
         ..MountOptions::default()
     };
     if let Some(t) = args.threads {

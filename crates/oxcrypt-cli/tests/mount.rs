@@ -131,6 +131,26 @@ fn errno_of(e: &std::io::Error) -> String {
     format!("E{}", e.raw_os_error().unwrap_or(-1))
 }
 
+fn renameat2(a: &Path, b: &Path, flags: u32) -> std::io::Result<()> {
+    let ca = std::ffi::CString::new(a.to_str().unwrap()).unwrap();
+    let cb = std::ffi::CString::new(b.to_str().unwrap()).unwrap();
+    // SAFETY: valid NUL-terminated paths.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Runs a script of file operations under `root`, recording every outcome as text.
 fn script(root: &Path) -> Vec<String> {
     let mut log = Vec::new();
@@ -295,6 +315,26 @@ fn script(root: &Path) -> Vec<String> {
         })
     );
     rec!("mtime", fs::metadata(p("c/f2")).map(|m| m.mtime()));
+    // RENAME_EXCHANGE of a file and a directory, and RENAME_NOREPLACE.
+    rec!(
+        "exchange setup",
+        fs::write(p("x1"), b"one").and_then(|_| fs::create_dir(p("x2")))
+    );
+    rec!(
+        "exchange",
+        renameat2(&p("x1"), &p("x2"), libc::RENAME_EXCHANGE)
+    );
+    rec!(
+        "exchanged",
+        fs::read(p("x2")).map(|d| (
+            d,
+            fs::metadata(p("x1")).map(|m| m.is_dir()).unwrap_or(false)
+        ))
+    );
+    rec!(
+        "noreplace",
+        renameat2(&p("x2"), &p("x1"), libc::RENAME_NOREPLACE)
+    );
     // Final tree, sorted, with sizes and kinds.
     let mut tree = Vec::new();
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {

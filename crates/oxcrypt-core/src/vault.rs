@@ -951,6 +951,49 @@ impl Vault {
         Ok(())
     }
 
+    /// Swaps two existing nodes (RENAME_EXCHANGE). Supported when both names are stored the
+    /// same way (both shortened or both not); it is three renames, not one atomic step.
+    pub fn exchange(
+        &self,
+        a_parent: &DirId,
+        a_name: &str,
+        b_parent: &DirId,
+        b_name: &str,
+    ) -> Result<()> {
+        let a = self
+            .lookup(a_parent, a_name)?
+            .ok_or_else(|| Error::NotFound(a_name.to_string()))?;
+        let b = self
+            .lookup(b_parent, b_name)?
+            .ok_or_else(|| Error::NotFound(b_name.to_string()))?;
+        if a.entry == b.entry {
+            return Ok(());
+        }
+        if a.shortened != b.shortened {
+            return Err(Error::Invalid(
+                "exchanging a shortened and an unshortened name is not supported".into(),
+            ));
+        }
+        let parent_dir = a.entry.parent().unwrap_or(Path::new("."));
+        let tmp = parent_dir.join(format!(
+            ".oxcrypt-exchange-{:016x}",
+            u64::from_le_bytes(crate::random::bytes())
+        ));
+        fs::rename(&a.entry, &tmp).at(&tmp)?;
+        fs::rename(&b.entry, &a.entry).at(&a.entry)?;
+        fs::rename(&tmp, &b.entry).at(&b.entry)?;
+        if a.shortened {
+            // Each .c9s node keeps the full name of its place, not of its former node.
+            let (_, _, a_c9r) = self.entry_for(a_parent, &a.name);
+            let (_, _, b_c9r) = self.entry_for(b_parent, &b.name);
+            write_atomic(&a.entry.join(NAME_FILE), a_c9r.as_bytes(), 0o644)?;
+            write_atomic(&b.entry.join(NAME_FILE), b_c9r.as_bytes(), 0o644)?;
+        }
+        self.cache.forget_child(a_parent, &a.name);
+        self.cache.forget_child(b_parent, &b.name);
+        Ok(())
+    }
+
     /// Moves a node whose name becomes (or stops being) shortened.
     fn move_between_shapes(
         &self,

@@ -342,3 +342,29 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn exchange_swaps_nodes_including_shortened_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = new_vault(tmp.path(), CipherCombo::SivGcm);
+    let root = v.root_id().clone();
+    let sub = v
+        .mkdir(&root, "sub", 0o755)
+        .unwrap()
+        .dir_id()
+        .unwrap()
+        .clone();
+    let (la, lb) = ("a".repeat(180), "b".repeat(180));
+    let fa = v.create_file(&root, &la, 0o644).unwrap();
+    v.open_file(&fa, true).unwrap().write_at(0, b"AAA").unwrap();
+    let db = v.mkdir(&sub, &lb, 0o755).unwrap();
+    v.exchange(&root, &la, &sub, &lb).unwrap();
+    // The directory now lives in the root under the long name `la`, the file in `sub`.
+    assert!(v.resolve(&format!("/{la}")).unwrap().is_dir());
+    assert_eq!(read_all(&v, &format!("/sub/{lb}")), b"AAA");
+    assert_eq!(v.resolve(&format!("/{la}")).unwrap().dir_id(), db.dir_id());
+    // A fresh listing decrypts the rewritten name.c9s files.
+    assert_eq!(names_in(&v, "/sub"), vec![lb.clone()]);
+    let report = oxcrypt_core::check::check(&v, &mut |_| {}).unwrap();
+    assert_eq!(report.errors(), 0, "{:?}", report.problems);
+}

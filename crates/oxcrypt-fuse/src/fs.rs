@@ -77,6 +77,8 @@ pub struct FsOptions {
     /// Answer metadata calls on a spawned thread instead of inline (the ablation of inline
     /// metadata).
     pub metadata_on_thread: bool,
+    /// Ask for the kernel's writeback cache (the kernel then computes O_APPEND offsets).
+    pub writeback_cache: bool,
 }
 
 /// The oxcrypt file system.
@@ -262,7 +264,8 @@ impl OxFs {
     }
 
     fn new_handle(&self, file: Arc<OpenFile>, flags: i32) -> u64 {
-        let append = flags & libc::O_APPEND != 0;
+        // With the writeback cache the kernel computes append offsets itself.
+        let append = flags & libc::O_APPEND != 0 && !self.options.writeback_cache;
         self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -315,6 +318,9 @@ impl Filesystem for OxFs {
             | InitFlags::FUSE_BIG_WRITES;
         if self.options.readdirplus {
             wanted |= InitFlags::FUSE_DO_READDIRPLUS;
+        }
+        if self.options.writeback_cache {
+            wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
         }
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::info!(?missing, "kernel lacks some FUSE capabilities");
@@ -559,15 +565,30 @@ impl Filesystem for OxFs {
     ) {
         let r = with_arena(|bump| {
             self.writable()?;
-            if flags.contains(RenameFlags::RENAME_EXCHANGE)
-                || flags.contains(RenameFlags::RENAME_WHITEOUT)
-            {
+            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
                 return Err(Errno::EINVAL);
             }
             let name = name_in(bump, name)?;
             let newname = name_in(bump, newname)?;
             let src = self.dir_id(parent)?;
             let dst = self.dir_id(newparent)?;
+            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                self.vault
+                    .exchange(&src, name, &dst, newname)
+                    .map_err(err)?;
+                self.cache.dir_changed(parent.0);
+                self.cache.dir_changed(newparent.0);
+                for (p, pid, n) in [(&dst, newparent, newname), (&src, parent, name)] {
+                    if let Ok(Some(node)) = self.vault.lookup(p, n) {
+                        if let Ok(attr) = self.vault.stat(&node) {
+                            let ino = ino_of(&node, &attr);
+                            self.cache.forget_attr(ino);
+                            self.inodes.moved(ino, pid.0, &node.name.clone(), node);
+                        }
+                    }
+                }
+                return Ok(());
+            }
             let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
             self.vault
                 .rename(&src, name, &dst, newname, replace)

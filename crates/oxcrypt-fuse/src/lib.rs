@@ -37,6 +37,8 @@ pub struct MountOptions {
     pub readdirplus: bool,
     /// Metadata calls on a spawned thread instead of inline (ablation).
     pub metadata_on_thread: bool,
+    /// Let the kernel cache writes (FUSE writeback cache); measured in kernel-notes/.
+    pub writeback_cache: bool,
 }
 
 impl Default for MountOptions {
@@ -52,6 +54,7 @@ impl Default for MountOptions {
             read_ahead_kb: 1024,
             readdirplus: true,
             metadata_on_thread: false,
+            writeback_cache: false,
         }
     }
 }
@@ -228,6 +231,7 @@ pub fn mount(
             read_only: options.read_only,
             readdirplus: options.readdirplus,
             metadata_on_thread: options.metadata_on_thread,
+            writeback_cache: options.writeback_cache,
         },
     );
     let mut config = fuser::Config::default();
