@@ -221,6 +221,11 @@ pub fn mount(
     options: &MountOptions,
 ) -> Result<Mounted, MountError> {
     check_mountpoint(mountpoint)?;
+    // Absolute before mounting: afterwards resolving it would be a request to ourselves.
+    let mountpoint = &std::fs::canonicalize(mountpoint).map_err(|e| MountError::Mountpoint {
+        path: mountpoint.to_path_buf(),
+        why: e.to_string(),
+    })?;
     let engine = Arc::new(Engine::start(&options.engine).map_err(MountError::Engine)?);
     let io_mode = engine.mode();
     let fs = OxFs::new(
