@@ -10,3 +10,4 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== pjdfstest on a mount"
 bash ci/pjdfstest.sh
+echo "ci: every check passed"
