@@ -246,6 +246,30 @@ impl OxFs {
         Ok((ino, attr))
     }
 
+    /// Creates a node with `make` in directory `parent` and adopts it (owner, caches, inode).
+    fn make_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        make: impl FnOnce(&DirId, &str) -> oxcrypt_core::Result<Node>,
+    ) -> Result<(u64, Attr), Errno> {
+        with_arena(|bump| {
+            self.writable()?;
+            let name = name_in(bump, name)?;
+            let dir = self.dir_id(parent)?;
+            let node = make(&dir, name).map_err(err)?;
+            self.adopt(req, parent, node)
+        })
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, r: Result<(u64, Attr), Errno>) {
+        match r {
+            Ok((ino, a)) => reply.entry(&self.cache.ttl(), &to_fuse_attr(ino, &a), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
     /// The shared open file of `ino`, opening it if no handle has it open.
     fn open_file(&self, ino: u64, node: &Node) -> Result<Arc<OpenFile>, Errno> {
         if let Some(f) = self.open_files.get(&ino).and_then(|w| w.upgrade()) {
@@ -454,20 +478,10 @@ impl Filesystem for OxFs {
             // FIFOs, sockets and devices do not exist in the vault format.
             return reply.error(Errno::EPERM);
         }
-        let r = with_arena(|bump| {
-            self.writable()?;
-            let name = name_in(bump, name)?;
-            let dir = self.dir_id(parent)?;
-            let node = self
-                .vault
-                .create_file(&dir, name, mode & !umask & 0o7777)
-                .map_err(err)?;
-            self.adopt(req, parent, node)
+        let r = self.make_node(req, parent, name, |dir, name| {
+            self.vault.create_file(dir, name, mode & !umask & 0o7777)
         });
-        match r {
-            Ok((ino, a)) => reply.entry(&self.cache.ttl(), &to_fuse_attr(ino, &a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, r);
     }
 
     fn mkdir(
@@ -479,20 +493,10 @@ impl Filesystem for OxFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = with_arena(|bump| {
-            self.writable()?;
-            let name = name_in(bump, name)?;
-            let dir = self.dir_id(parent)?;
-            let node = self
-                .vault
-                .mkdir(&dir, name, mode & !umask & 0o7777)
-                .map_err(err)?;
-            self.adopt(req, parent, node)
+        let r = self.make_node(req, parent, name, |dir, name| {
+            self.vault.mkdir(dir, name, mode & !umask & 0o7777)
         });
-        match r {
-            Ok((ino, a)) => reply.entry(&self.cache.ttl(), &to_fuse_attr(ino, &a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, r);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -539,18 +543,13 @@ impl Filesystem for OxFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = with_arena(|bump| {
-            self.writable()?;
-            let name = name_in(bump, link_name)?;
-            let target = name_in(bump, target.as_os_str())?;
-            let dir = self.dir_id(parent)?;
-            let node = self.vault.symlink(&dir, name, target).map_err(err)?;
-            self.adopt(req, parent, node)
+        let Ok(target) = std::str::from_utf8(target.as_os_str().as_bytes()) else {
+            return reply.error(Errno::EINVAL);
+        };
+        let r = self.make_node(req, parent, link_name, |dir, name| {
+            self.vault.symlink(dir, name, target)
         });
-        match r {
-            Ok((ino, a)) => reply.entry(&self.cache.ttl(), &to_fuse_attr(ino, &a), Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        self.reply_entry(reply, r);
     }
 
     fn rename(
@@ -961,18 +960,15 @@ impl Filesystem for OxFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = with_arena(|bump| {
-            self.writable()?;
-            let name = name_in(bump, name)?;
-            let dir = self.dir_id(parent)?;
-            let node = self
-                .vault
-                .create_file(&dir, name, mode & !umask & 0o7777)
-                .map_err(err)?;
-            let (ino, attr) = self.adopt(req, parent, node.clone())?;
-            let file = self.open_file(ino, &node)?;
-            Ok((ino, attr, self.new_handle(file, flags)))
-        });
+        let r = self
+            .make_node(req, parent, name, |dir, name| {
+                self.vault.create_file(dir, name, mode & !umask & 0o7777)
+            })
+            .and_then(|(ino, attr)| {
+                let node = self.node(INodeNo(ino))?;
+                let file = self.open_file(ino, &node)?;
+                Ok((ino, attr, self.new_handle(file, flags)))
+            });
         match r {
             Ok((ino, a, fh)) => reply.created(
                 &self.cache.ttl(),
