@@ -4,9 +4,10 @@
 use aes_siv::siv::Aes256Siv;
 use aes_siv::KeyInit;
 use base64::Engine as _;
+use bumpalo::Bump;
 use data_encoding::BASE32;
 use sha1::{Digest, Sha1};
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result, NAME_TOO_LONG};
@@ -37,25 +38,45 @@ fn b64url() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::URL_SAFE
 }
 
-/// Checks that `name` may be a cleartext file name and returns its NFC form.
-pub fn normalize_name(name: &str) -> Result<String> {
+/// Checks `name` (already NFC) against the rules for cleartext names.
+fn check_name(original: &str, nfc: &str) -> Result<()> {
     let invalid = |why| Error::InvalidName {
-        name: name.to_string(),
+        name: original.to_string(),
         why,
     };
-    if name.is_empty() {
+    if nfc.is_empty() {
         return Err(invalid("empty name"));
     }
-    if name == "." || name == ".." {
+    if nfc == "." || nfc == ".." {
         return Err(invalid("reserved name"));
     }
-    if name.contains('/') || name.contains('\0') {
+    if nfc.contains('/') || nfc.contains('\0') {
         return Err(invalid("contains '/' or NUL"));
     }
-    let nfc: String = name.nfc().collect();
     if nfc.len() > MAX_NAME_BYTES {
         return Err(invalid(NAME_TOO_LONG));
     }
+    Ok(())
+}
+
+/// The NFC form of a valid cleartext name, borrowed when it is NFC already, else built in
+/// `bump`.
+pub fn normalize_name_in<'a>(name: &'a str, bump: &'a Bump) -> Result<&'a str> {
+    let nfc: &str = if is_nfc_quick(name.chars()) == IsNormalized::Yes {
+        name
+    } else {
+        let mut s = bumpalo::collections::String::with_capacity_in(name.len(), bump);
+        s.extend(name.nfc());
+        s.into_bump_str()
+    };
+    check_name(name, nfc)?;
+    Ok(nfc)
+}
+
+/// Checks that `name` may be a cleartext file name and returns its NFC form.
+pub fn normalize_name(name: &str) -> Result<String> {
+    let nfc: String = name.nfc().collect();
+    check_name(name, &nfc)?;
     Ok(nfc)
 }
 
@@ -88,17 +109,41 @@ impl NameCodec {
         BASE32.encode(&Sha1::digest(&ct))
     }
 
+    /// Seals `buf[16..]` (the NFC name) in place and puts the SIV tag into `buf[..16]`.
+    fn seal(&self, parent_dir_id: &str, buf: &mut [u8]) {
+        let (tag, body) = buf.split_at_mut(16);
+        let siv = self
+            .siv()
+            .encrypt_inout_detached([parent_dir_id.as_bytes()], body.into())
+            .expect("one AD item");
+        tag.copy_from_slice(&siv);
+    }
+
     /// `base64url(AES-SIV(NFC(name), [parent_dir_id])) + ".c9r"`. `name` must already be valid
     /// (see [`normalize_name`]).
     pub fn encrypt_name(&self, parent_dir_id: &str, name: &str) -> String {
         let nfc: String = name.nfc().collect();
-        let ct = self
-            .siv()
-            .encrypt([parent_dir_id.as_bytes()], nfc.as_bytes())
-            .expect("one AD item");
-        let mut s = b64url().encode(ct);
+        let mut buf = vec![0u8; 16 + nfc.len()];
+        buf[16..].copy_from_slice(nfc.as_bytes());
+        self.seal(parent_dir_id, &mut buf);
+        let mut s = b64url().encode(buf);
         s.push_str(C9R);
         s
+    }
+
+    /// [`encrypt_name`](Self::encrypt_name) for an NFC `name`, built entirely in `bump` (no
+    /// heap allocation; the request arena of the mount).
+    pub fn encrypt_name_in<'b>(&self, parent_dir_id: &str, nfc: &str, bump: &'b Bump) -> &'b str {
+        let buf = bump.alloc_slice_fill_copy(16 + nfc.len(), 0u8);
+        buf[16..].copy_from_slice(nfc.as_bytes());
+        self.seal(parent_dir_id, buf);
+        let enc_len = base64::encoded_len(buf.len(), true).expect("short names");
+        let out = bump.alloc_slice_fill_copy(enc_len + C9R.len(), 0u8);
+        let n = b64url()
+            .encode_slice(&*buf, &mut out[..enc_len])
+            .expect("buffer sized by encoded_len");
+        out[n..n + C9R.len()].copy_from_slice(C9R.as_bytes());
+        std::str::from_utf8(&out[..n + C9R.len()]).expect("base64 is ASCII")
     }
 
     /// Decrypts a `….c9r` name (with or without the suffix). `None` if it does not authenticate.
@@ -119,5 +164,15 @@ impl NameCodec {
         let mut s = b64url().encode(Sha1::digest(c9r_name.as_bytes()));
         s.push_str(C9S);
         s
+    }
+
+    /// [`shortened_name`](Self::shortened_name) built in `bump`.
+    pub fn shortened_name_in<'b>(c9r_name: &str, bump: &'b Bump) -> &'b str {
+        let out = bump.alloc_slice_fill_copy(32, 0u8);
+        let n = b64url()
+            .encode_slice(Sha1::digest(c9r_name.as_bytes()), &mut out[..28])
+            .expect("28 characters");
+        out[n..].copy_from_slice(C9S.as_bytes());
+        std::str::from_utf8(out).expect("base64 is ASCII")
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use bumpalo::Bump;
 use dashmap::DashMap;
 
 use crate::chunks::{ReadPlan, WritePlan};
@@ -20,7 +21,7 @@ use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
 use crate::fsutil::{sync_dir, write_atomic};
 use crate::keys::MasterKeys;
 use crate::masterkey_file::{MasterkeyFile, DEFAULT_SCRYPT_COST};
-use crate::names::{normalize_name, NameCodec, C9R, C9S};
+use crate::names::{normalize_name, normalize_name_in, NameCodec, C9R, C9S};
 
 /// A directory id: `""` for the root, a UUID string otherwise.
 pub type DirId = Arc<str>;
@@ -369,6 +370,18 @@ impl Vault {
         }
     }
 
+    /// The cached content directory of `dir_id`, borrowed from the cache.
+    fn content_dir_ref(&self, dir_id: &DirId) -> dashmap::mapref::one::Ref<'_, DirId, PathBuf> {
+        if let Some(p) = self.cache.content_dirs.get(dir_id) {
+            return p;
+        }
+        self.content_dir(dir_id);
+        self.cache
+            .content_dirs
+            .get(dir_id)
+            .expect("inserted by content_dir")
+    }
+
     /// `<vault>/d/XX/YYYY…` for a directory id (cached).
     pub fn content_dir(&self, dir_id: &DirId) -> PathBuf {
         if let Some(p) = self.cache.content_dirs.get(dir_id) {
@@ -462,17 +475,33 @@ impl Vault {
 
     /// Looks `name` up in directory `parent`; `Ok(None)` if absent.
     pub fn lookup(&self, parent: &DirId, name: &str) -> Result<Option<Node>> {
-        let name = normalize_name(name)?;
-        let (entry, shortened, _) = self.entry_for(parent, &name);
-        let md = match fs::symlink_metadata(&entry) {
+        self.lookup_in(parent, name, &Bump::new())
+    }
+
+    /// [`lookup`](Self::lookup) with every temporary (NFC name, encrypted name, entry path)
+    /// in `bump`: a miss allocates nothing on the heap. The mount passes its request arena.
+    pub fn lookup_in(&self, parent: &DirId, name: &str, bump: &Bump) -> Result<Option<Node>> {
+        let nfc = normalize_name_in(name, bump)?;
+        let c9r = self.names.encrypt_name_in(parent, nfc, bump);
+        let shortened = self.names.must_shorten(c9r);
+        let mut entry = bumpalo::collections::String::new_in(bump);
+        {
+            let dir = self.content_dir_ref(parent);
+            entry.push_str(&dir.to_string_lossy());
+        }
+        entry.push('/');
+        entry.push_str(if shortened {
+            NameCodec::shortened_name_in(c9r, bump)
+        } else {
+            c9r
+        });
+        let entry = Path::new(entry.into_bump_str());
+        let md = match fs::symlink_metadata(entry) {
             Ok(md) => md,
-            Err(e) if is_not_found(&e) => {
-                self.cache.forget_child(parent, &name);
-                return Ok(None);
-            }
-            Err(e) => return Err(Error::io(&entry, e)),
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(Error::io(entry, e)),
         };
-        let node = self.classify(name, entry, shortened, md.is_dir())?;
+        let node = self.classify(nfc.to_string(), entry.to_path_buf(), shortened, md.is_dir())?;
         if let NodeKind::Directory(id) = &node.kind {
             self.cache
                 .children

@@ -299,6 +299,15 @@ proptest! {
         let c9r = codec.encrypt_name(&parent, &name);
         prop_assert!(c9r.ends_with(".c9r"));
         prop_assert_eq!(c9r.len(), 4 * (16 + nfc.len()).div_ceil(3) + 4);
+        // The arena variants give the same bytes as the heap ones.
+        let bump = bumpalo::Bump::new();
+        let nfc_in = oxcrypt_core::names::normalize_name_in(&name, &bump).unwrap();
+        prop_assert_eq!(nfc_in, nfc.as_str());
+        prop_assert_eq!(codec.encrypt_name_in(&parent, nfc_in, &bump), c9r.as_str());
+        prop_assert_eq!(
+            oxcrypt_core::NameCodec::shortened_name_in(&c9r, &bump),
+            oxcrypt_core::NameCodec::shortened_name(&c9r)
+        );
         prop_assert_eq!(codec.decrypt_name(&parent, &c9r), Some(nfc));
         let other = format!("{parent}x");
         prop_assert_eq!(codec.decrypt_name(&other, &c9r), None);

@@ -207,11 +207,11 @@ impl OxFs {
     }
 
     /// Looks `name` up in `parent` and registers the result with the kernel's lookup count.
-    fn lookup_entry(&self, parent: INodeNo, name: &str) -> Result<(u64, Attr), Errno> {
+    fn lookup_entry(&self, parent: INodeNo, name: &str, bump: &Bump) -> Result<(u64, Attr), Errno> {
         let dir = self.dir_id(parent)?;
         let node = self
             .vault
-            .lookup(&dir, name)
+            .lookup_in(&dir, name, bump)
             .map_err(err)?
             .ok_or(Errno::ENOENT)?;
         let attr = self.vault.stat(&node).map_err(err)?;
@@ -371,8 +371,8 @@ impl Filesystem for OxFs {
                 let name = name_in(bump, name)?;
                 // A fresh listing answers without touching the ciphertext tree.
                 if let Some(l) = fs.cache.listing(parent.0) {
-                    let nfc = oxcrypt_core::names::normalize_name(name).map_err(err)?;
-                    return match l.binary_search_by(|e| e.name.as_str().cmp(&nfc)) {
+                    let nfc = oxcrypt_core::names::normalize_name_in(name, bump).map_err(err)?;
+                    return match l.binary_search_by(|e| e.name.as_str().cmp(nfc)) {
                         Ok(i) => {
                             let e = &l[i];
                             fs.inodes.remember(e.ino, parent.0, &e.name, e.node.clone());
@@ -381,7 +381,7 @@ impl Filesystem for OxFs {
                         Err(_) => Err(Errno::ENOENT),
                     };
                 }
-                fs.lookup_entry(parent, name)
+                fs.lookup_entry(parent, name, bump)
             });
             match r {
                 Ok((ino, attr)) => {
