@@ -285,6 +285,9 @@ enum Command {
         /// Benchmark ablation: answer metadata calls on a spawned thread instead of inline.
         #[arg(long, hide = true)]
         metadata_on_thread: bool,
+        /// Benchmark ablation: a heap arena per request instead of the reused one.
+        #[arg(long, hide = true)]
+        no_arena: bool,
     },
     /// Unmount a mounted vault.
     Umount {
@@ -399,6 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             metadata_on_thread,
             read_ahead_kb,
             writeback_cache,
+            no_arena,
         } => mount::mount(
             g,
             &mount::MountArgs {
@@ -418,6 +422,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 metadata_on_thread,
                 read_ahead_kb,
                 writeback_cache,
+                no_arena,
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),

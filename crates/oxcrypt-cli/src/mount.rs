@@ -28,6 +28,7 @@ pub struct MountArgs<'a> {
     pub metadata_on_thread: bool,
     pub read_ahead_kb: u32,
     pub writeback_cache: bool,
+    pub no_arena: bool,
 }
 
 fn open_or_init(g: &Global, args: &MountArgs<'_>) -> Result<Vault> {
@@ -82,6 +83,7 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
         metadata_on_thread: args.metadata_on_thread,
         read_ahead_kb: args.read_ahead_kb,
         writeback_cache: args.writeback_cache,
+        heap_scratch: args.no_arena,
         ..MountOptions::default()
     };
     if let Some(t) = args.threads {

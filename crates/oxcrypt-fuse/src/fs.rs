@@ -79,6 +79,9 @@ pub struct FsOptions {
     pub metadata_on_thread: bool,
     /// Ask for the kernel's writeback cache (the kernel then computes O_APPEND offsets).
     pub writeback_cache: bool,
+    /// A fresh heap-allocated arena per request instead of the reused thread arena (the
+    /// ablation of the arena).
+    pub heap_scratch: bool,
 }
 
 /// The oxcrypt file system.
@@ -141,6 +144,15 @@ impl OxFs {
             next_file_id: std::sync::atomic::AtomicU64::new(1),
             dir_handles: Mutex::new(Slab::new()),
             options,
+        }
+    }
+
+    /// Runs `f` with the request arena (or, in the ablation, a throw-away heap arena).
+    fn with_arena<R>(&self, f: impl FnOnce(&Bump) -> R) -> R {
+        if self.options.heap_scratch {
+            f(&Bump::new())
+        } else {
+            with_arena(f)
         }
     }
 
@@ -254,7 +266,7 @@ impl OxFs {
         name: &OsStr,
         make: impl FnOnce(&DirId, &str) -> oxcrypt_core::Result<Node>,
     ) -> Result<(u64, Attr), Errno> {
-        with_arena(|bump| {
+        self.with_arena(|bump| {
             self.writable()?;
             let name = name_in(bump, name)?;
             let dir = self.dir_id(parent)?;
@@ -367,7 +379,7 @@ impl Filesystem for OxFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.meta(|fs| {
-            let r = with_arena(|bump| {
+            let r = fs.with_arena(|bump| {
                 let name = name_in(bump, name)?;
                 // A fresh listing answers without touching the ciphertext tree.
                 if let Some(l) = fs.cache.listing(parent.0) {
@@ -500,7 +512,7 @@ impl Filesystem for OxFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = with_arena(|bump| {
+        let r = self.with_arena(|bump| {
             self.writable()?;
             let name = name_in(bump, name)?;
             let dir = self.dir_id(parent)?;
@@ -521,7 +533,7 @@ impl Filesystem for OxFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = with_arena(|bump| {
+        let r = self.with_arena(|bump| {
             self.writable()?;
             let name = name_in(bump, name)?;
             let dir = self.dir_id(parent)?;
@@ -562,7 +574,7 @@ impl Filesystem for OxFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let r = with_arena(|bump| {
+        let r = self.with_arena(|bump| {
             self.writable()?;
             if flags.contains(RenameFlags::RENAME_WHITEOUT) {
                 return Err(Errno::EINVAL);

@@ -39,6 +39,8 @@ pub struct MountOptions {
     pub metadata_on_thread: bool,
     /// Let the kernel cache writes (FUSE writeback cache); measured in kernel-notes/.
     pub writeback_cache: bool,
+    /// A heap arena per request instead of the reused per-thread arena (ablation).
+    pub heap_scratch: bool,
 }
 
 impl Default for MountOptions {
@@ -55,6 +57,7 @@ impl Default for MountOptions {
             readdirplus: true,
             metadata_on_thread: false,
             writeback_cache: false,
+            heap_scratch: false,
         }
     }
 }
@@ -237,6 +240,7 @@ pub fn mount(
             readdirplus: options.readdirplus,
             metadata_on_thread: options.metadata_on_thread,
             writeback_cache: options.writeback_cache,
+            heap_scratch: options.heap_scratch,
         },
     );
     let mut config = fuser::Config::default();
