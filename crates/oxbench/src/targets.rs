@@ -231,7 +231,7 @@ impl Target {
                 let mut c = Command::new("cryfs");
                 c.env("CRYFS_FRONTEND", "noninteractive")
                     .env("CRYFS_NO_UPDATE_CHECK", "true");
-                c.args(["-f", "--scrypt-n", "1024"]).arg(&cipher).arg(&mnt);
+                c.arg("-f").arg(&cipher).arg(&mnt);
                 c
             }
             Kind::RcloneCrypt => {
