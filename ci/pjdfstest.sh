@@ -26,6 +26,7 @@ chmod 0755 "$work"
 (cd "$mnt" && pjdfstest -c "$OLDPWD/ci/pjdfstest.toml" -p "$mnt") > "$work/pjdfstest.log" 2>&1 && rc=0 || rc=$?
 grep -E '^Summary:' "$work/pjdfstest.log" || tail -20 "$work/pjdfstest.log"
 if [ "$rc" -ne 0 ]; then
+  grep -E " FAILED" "$work/pjdfstest.log" | head -40 || true
   grep -E ' FAILED$' "$work/pjdfstest.log" || true
   echo "pjdfstest: unexpected failures (see above)"
   exit 1

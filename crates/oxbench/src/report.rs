@@ -189,3 +189,51 @@ pub fn plots(r: &Results, mains: &[(&str, &str)], dir: &Path) -> std::io::Result
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(name: &str, v: f64) -> Metric {
+        Metric {
+            name: name.into(),
+            unit: "MB/s",
+            value: v,
+            higher_is_better: true,
+        }
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn tables_show_median_spread_and_ratio_to_the_first_target() {
+        let mut r = Results {
+            targets: vec!["a".into(), "b".into()],
+            ..Results::default()
+        };
+        for v in [100.0, 300.0, 200.0] {
+            r.add("w", "a", &[metric("speed", v)]);
+        }
+        for v in [50.0, 70.0, 60.0] {
+            r.add("w", "b", &[metric("speed", v)]);
+        }
+        let md = markdown(&r);
+        assert!(
+            md.contains("| speed ↑ | a | 200.0 MB/s | 100.0 – 300.0 | 1.00× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| speed ↑ | b | 60.0 MB/s | 50.0 – 70.0 | 0.30× |"),
+            "{md}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        plots(&r, &[("w", "speed")], dir.path()).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("w.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains(">a<") && svg.contains(">b<"));
+    }
+}

@@ -18,8 +18,8 @@ pub struct Listed {
     pub node: Node,
     /// Its attributes at listing time.
     pub attr: Attr,
-    /// Its FUSE inode number.
-    pub ino: u64,
+    /// Inode number of its backing file (FUSE numbers are given by the inode table).
+    pub backing: u64,
 }
 
 /// Attribute and listing caches.

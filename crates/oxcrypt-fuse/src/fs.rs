@@ -23,7 +23,7 @@ use oxcrypt_io::{Engine, Job, OpenFile};
 use slab::Slab;
 
 use crate::cache::{Listed, MetaCache};
-use crate::inodes::{ino_of, InodeTable, ROOT_INO};
+use crate::inodes::{unlooked_ino, InodeTable, ROOT_INO};
 
 thread_local! {
     /// The per-request arena: names and paths built while answering one request live here and
@@ -207,7 +207,7 @@ impl OxFs {
             };
             out.push(Listed {
                 name: child.name.clone(),
-                ino: ino_of(&child, &attr),
+                backing: attr.ino,
                 node: child,
                 attr,
             });
@@ -227,34 +227,41 @@ impl OxFs {
             .map_err(err)?
             .ok_or(Errno::ENOENT)?;
         let attr = self.vault.stat(&node).map_err(err)?;
-        let ino = ino_of(&node, &attr);
+        let ino = self
+            .inodes
+            .lookup(parent.0, &node.name.clone(), node, attr.ino);
         self.cache.put_attr(ino, attr);
-        self.inodes
-            .remember(ino, parent.0, &node.name.clone(), node);
         Ok((ino, attr))
     }
 
     /// A created node: owner from the request (group from a setgid parent), registered.
     fn adopt(&self, req: &Request, parent: INodeNo, node: Node) -> Result<(u64, Attr), Errno> {
-        let parent_attr = self.attr(parent.0, &self.node(parent)?)?;
-        let gid = if parent_attr.perm & 0o2000 != 0 {
-            parent_attr.gid
+        // Only the parent's mode and group matter here: read them straight from its content
+        // directory (a full stat would count its subdirectories, O(entries) per create).
+        let parent_path = self.vault.attr_path(&self.node(parent)?);
+        let pmd = std::fs::metadata(&parent_path)
+            .map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let setgid = std::os::unix::fs::MetadataExt::mode(&pmd) & 0o2000 != 0;
+        let gid = if setgid {
+            std::os::unix::fs::MetadataExt::gid(&pmd)
         } else {
             req.gid()
         };
         if let Err(e) = self.vault.chown(&node, Some(req.uid()), Some(gid)) {
             tracing::debug!(error = %e, "cannot set owner of new node");
         }
-        if node.is_dir() && parent_attr.perm & 0o2000 != 0 {
+        if node.is_dir() && setgid {
             let a = self.vault.stat(&node).map_err(err)?;
             let _ = self.vault.set_perm(&node, a.perm | 0o2000);
         }
         self.cache.dir_changed(parent.0);
         let attr = self.vault.stat(&node).map_err(err)?;
-        let ino = ino_of(&node, &attr);
+        // A new node: any number the old name had belongs to a deleted file.
+        self.inodes.removed(parent.0, &node.name);
+        let ino = self
+            .inodes
+            .lookup(parent.0, &node.name.clone(), node, attr.ino);
         self.cache.put_attr(ino, attr);
-        self.inodes
-            .remember(ino, parent.0, &node.name.clone(), node);
         Ok((ino, attr))
     }
 
@@ -349,7 +356,8 @@ fn time_of(t: TimeOrNow) -> SystemTime {
 
 impl Filesystem for OxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
+        let mut wanted = InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES;
         if self.options.readdirplus {
@@ -387,8 +395,10 @@ impl Filesystem for OxFs {
                     return match l.binary_search_by(|e| e.name.as_str().cmp(nfc)) {
                         Ok(i) => {
                             let e = &l[i];
-                            fs.inodes.remember(e.ino, parent.0, &e.name, e.node.clone());
-                            Ok((e.ino, fs.cache.attr(e.ino).unwrap_or(e.attr)))
+                            let ino =
+                                fs.inodes
+                                    .lookup(parent.0, &e.name, e.node.clone(), e.backing);
+                            Ok((ino, fs.cache.attr(ino).unwrap_or(e.attr)))
                         }
                         Err(_) => Err(Errno::ENOENT),
                     };
@@ -517,13 +527,13 @@ impl Filesystem for OxFs {
             let name = name_in(bump, name)?;
             let dir = self.dir_id(parent)?;
             // The unlinked inode's cached attributes go too: an open descriptor now sees nlink 0.
-            let victim = self.vault.lookup(&dir, name).ok().flatten();
-            let victim_ino = victim.and_then(|n| self.vault.stat(&n).ok().map(|a| ino_of(&n, &a)));
+            let nfc = oxcrypt_core::names::normalize_name_in(name, bump).map_err(err)?;
             self.vault.unlink(&dir, name).map_err(err)?;
             self.cache.dir_changed(parent.0);
-            if let Some(ino) = victim_ino {
+            if let Some(ino) = self.inodes.peek(parent.0, nfc) {
                 self.cache.forget_attr(ino);
             }
+            self.inodes.removed(parent.0, nfc);
             Ok(())
         });
         match r {
@@ -537,7 +547,9 @@ impl Filesystem for OxFs {
             self.writable()?;
             let name = name_in(bump, name)?;
             let dir = self.dir_id(parent)?;
+            let nfc = oxcrypt_core::names::normalize_name_in(name, bump).map_err(err)?;
             self.vault.rmdir(&dir, name).map_err(err)?;
+            self.inodes.removed(parent.0, nfc);
             self.cache.dir_changed(parent.0);
             Ok(())
         });
@@ -581,39 +593,42 @@ impl Filesystem for OxFs {
             }
             let name = name_in(bump, name)?;
             let newname = name_in(bump, newname)?;
+            let a = oxcrypt_core::names::normalize_name_in(name, bump).map_err(err)?;
+            let b = oxcrypt_core::names::normalize_name_in(newname, bump).map_err(err)?;
             let src = self.dir_id(parent)?;
             let dst = self.dir_id(newparent)?;
+            let (ia, ib) = (
+                self.inodes.peek(parent.0, a),
+                self.inodes.peek(newparent.0, b),
+            );
             if flags.contains(RenameFlags::RENAME_EXCHANGE) {
                 self.vault
                     .exchange(&src, name, &dst, newname)
                     .map_err(err)?;
-                self.cache.dir_changed(parent.0);
-                self.cache.dir_changed(newparent.0);
-                for (p, pid, n) in [(&dst, newparent, newname), (&src, parent, name)] {
-                    if let Ok(Some(node)) = self.vault.lookup(p, n) {
-                        if let Ok(attr) = self.vault.stat(&node) {
-                            let ino = ino_of(&node, &attr);
-                            self.cache.forget_attr(ino);
-                            self.inodes.moved(ino, pid.0, &node.name.clone(), node);
-                        }
-                    }
+                self.inodes.removed(parent.0, a);
+                self.inodes.removed(newparent.0, b);
+                if let (Some(ino), Ok(Some(node))) = (ia, self.vault.lookup(&dst, newname)) {
+                    self.inodes.relocate(ino, newparent.0, b, node);
                 }
-                return Ok(());
+                if let (Some(ino), Ok(Some(node))) = (ib, self.vault.lookup(&src, name)) {
+                    self.inodes.relocate(ino, parent.0, a, node);
+                }
+            } else {
+                let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
+                self.vault
+                    .rename(&src, name, &dst, newname, replace)
+                    .map_err(err)?;
+                self.inodes.removed(newparent.0, b);
+                self.inodes.removed(parent.0, a);
+                if let (Some(ino), Ok(Some(node))) = (ia, self.vault.lookup(&dst, newname)) {
+                    self.inodes.relocate(ino, newparent.0, b, node);
+                }
             }
-            let replace = !flags.contains(RenameFlags::RENAME_NOREPLACE);
-            self.vault
-                .rename(&src, name, &dst, newname, replace)
-                .map_err(err)?;
+            for ino in [ia, ib].into_iter().flatten() {
+                self.cache.forget_attr(ino);
+            }
             self.cache.dir_changed(parent.0);
             self.cache.dir_changed(newparent.0);
-            if let Ok(Some(node)) = self.vault.lookup(&dst, newname) {
-                if let Ok(attr) = self.vault.stat(&node) {
-                    let ino = ino_of(&node, &attr);
-                    self.cache.forget_attr(ino);
-                    self.inodes
-                        .moved(ino, newparent.0, &node.name.clone(), node);
-                }
-            }
             Ok(())
         });
         match r {
@@ -648,7 +663,9 @@ impl Filesystem for OxFs {
             Ok(self.new_handle(file, flags.0))
         })();
         match r {
-            Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
+            // Keep the page cache across opens: changes through the mount keep it coherent, and
+            // FUSE_AUTO_INVAL_DATA drops it when mtime or size change behind our back.
+            Ok(fh) => reply.opened(Fh(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
         }
     }
@@ -812,7 +829,11 @@ impl Filesystem for OxFs {
                 i = 2;
             }
             for (k, e) in listing.iter().enumerate().skip((i - 2) as usize) {
-                if reply.add(INodeNo(e.ino), k as u64 + 3, kind_of(&e.attr), &e.name) {
+                let shown = fs
+                    .inodes
+                    .peek(ino.0, &e.name)
+                    .unwrap_or_else(|| unlooked_ino(e.backing));
+                if reply.add(INodeNo(shown), k as u64 + 3, kind_of(&e.attr), &e.name) {
                     break;
                 }
             }
@@ -858,15 +879,6 @@ impl Filesystem for OxFs {
                 ) {
                     return reply.ok();
                 }
-                fs.inodes.remember(
-                    ino.0,
-                    parent,
-                    &fs.inodes
-                        .get(ino.0)
-                        .map(|x| x.place().1)
-                        .unwrap_or_default(),
-                    fs.node(ino).unwrap_or_else(|_| fs.vault.root()),
-                );
                 i = 1;
             }
             if i == 1 {
@@ -884,25 +896,23 @@ impl Filesystem for OxFs {
                 ) {
                     return reply.ok();
                 }
-                if let Some(p) = fs.inodes.get(parent) {
-                    let (pp, pn) = p.place();
-                    fs.inodes.remember(parent, pp, &pn, p.node());
-                }
                 i = 2;
             }
             for (k, e) in listing.iter().enumerate().skip((i - 2) as usize) {
-                let attr = fs.cache.attr(e.ino).unwrap_or(e.attr);
+                // An entry in readdirplus counts as a lookup; undone if it did not fit.
+                let child = fs.inodes.lookup(ino.0, &e.name, e.node.clone(), e.backing);
+                let attr = fs.cache.attr(child).unwrap_or(e.attr);
                 if reply.add(
-                    INodeNo(e.ino),
+                    INodeNo(child),
                     k as u64 + 3,
                     &e.name,
                     &ttl,
-                    &to_fuse_attr(e.ino, &attr),
+                    &to_fuse_attr(child, &attr),
                     Generation(0),
                 ) {
+                    fs.inodes.forget(child, 1);
                     break;
                 }
-                fs.inodes.remember(e.ino, ino.0, &e.name, e.node.clone());
             }
             reply.ok()
         })
@@ -987,7 +997,7 @@ impl Filesystem for OxFs {
                 &to_fuse_attr(ino, &a),
                 Generation(0),
                 Fh(fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_KEEP_CACHE,
             ),
             Err(e) => reply.error(e),
         }

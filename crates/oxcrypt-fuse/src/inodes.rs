@@ -1,14 +1,15 @@
 //! The inode table: FUSE inode numbers ↔ vault nodes, with kernel lookup counts.
 //!
-//! Inode numbers are the backing file system's inode of the node's attribute file (the payload
-//! of files and symlinks, the content directory of directories), so they are stable across
-//! renames and remounts and need no allocation in `readdir`. The root is always 1.
+//! Inode numbers are allocated here, one per (parent, name, backing file): a name whose file
+//! was deleted and created again gets a new number, so the kernel never sees a cached inode
+//! change type under the same number (backing inode numbers are reused by ext4 at once).
+//! The root is always 1.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
-use oxcrypt_core::{Attr, Node};
+use oxcrypt_core::Node;
 
 /// FUSE's root inode.
 pub const ROOT_INO: u64 = 1;
@@ -20,6 +21,8 @@ pub struct Inode {
     pub place: RwLock<(u64, String)>,
     /// The vault node (its ciphertext entry changes on rename).
     pub node: RwLock<Node>,
+    /// Inode number of the backing file (tells a recreated name from the old one).
+    backing: u64,
     lookups: AtomicU64,
 }
 
@@ -33,35 +36,41 @@ impl Inode {
     pub fn place(&self) -> (u64, String) {
         self.place.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    fn set(&self, parent: u64, name: &str, node: Node) {
+        *self.place.write().unwrap_or_else(|p| p.into_inner()) = (parent, name.to_string());
+        *self.node.write().unwrap_or_else(|p| p.into_inner()) = node;
+    }
 }
 
-/// Maps inode numbers to nodes.
-#[derive(Debug, Default)]
+/// Maps inode numbers to nodes and (parent, name) to inode numbers.
+#[derive(Debug)]
 pub struct InodeTable {
     by_ino: DashMap<u64, Arc<Inode>>,
+    by_name: DashMap<(u64, String), u64>,
+    next: AtomicU64,
 }
 
-/// The FUSE inode number for a node's attributes.
-pub fn ino_of(node: &Node, attr: &Attr) -> u64 {
-    if node.dir_id().is_some_and(|id| id.is_empty()) {
-        ROOT_INO
-    } else if attr.ino == ROOT_INO {
-        // Only on backing file systems that hand out inode 1 (never ext4/xfs/btrfs).
-        u64::MAX - 1
-    } else {
-        attr.ino
-    }
+/// Inode number shown by plain `readdir` for an entry the kernel has not looked up yet (the
+/// high bit keeps it apart from allocated numbers).
+pub fn unlooked_ino(backing: u64) -> u64 {
+    backing | (1 << 63)
 }
 
 impl InodeTable {
     /// A table holding the root.
     pub fn new(root: Node) -> Self {
-        let t = InodeTable::default();
+        let t = InodeTable {
+            by_ino: DashMap::new(),
+            by_name: DashMap::new(),
+            next: AtomicU64::new(ROOT_INO + 1),
+        };
         t.by_ino.insert(
             ROOT_INO,
             Arc::new(Inode {
                 place: RwLock::new((ROOT_INO, String::new())),
                 node: RwLock::new(root),
+                backing: 0,
                 lookups: AtomicU64::new(1),
             }),
         );
@@ -73,25 +82,48 @@ impl InodeTable {
         self.by_ino.get(&ino).map(|e| e.clone())
     }
 
-    /// Records that the kernel got `ino` for `name` in `parent` (one more lookup).
-    pub fn remember(&self, ino: u64, parent: u64, name: &str, node: Node) {
-        let entry = self.by_ino.entry(ino).or_insert_with(|| {
-            Arc::new(Inode {
-                place: RwLock::new((parent, name.to_string())),
-                node: RwLock::new(node.clone()),
-                lookups: AtomicU64::new(0),
-            })
-        });
-        *entry.place.write().unwrap_or_else(|p| p.into_inner()) = (parent, name.to_string());
-        *entry.node.write().unwrap_or_else(|p| p.into_inner()) = node;
-        entry.lookups.fetch_add(1, Ordering::Relaxed);
+    /// The inode number of `name` in `parent`, if one is allocated.
+    pub fn peek(&self, parent: u64, name: &str) -> Option<u64> {
+        self.by_name.get(&(parent, name.to_string())).map(|e| *e)
     }
 
-    /// Updates the place and node of a known inode (after rename) without a lookup.
-    pub fn moved(&self, ino: u64, parent: u64, name: &str, node: Node) {
+    /// The inode of `name` (NFC) in `parent` whose backing file is `backing`, allocated if
+    /// new; counts one kernel lookup.
+    pub fn lookup(&self, parent: u64, name: &str, node: Node, backing: u64) -> u64 {
+        let key = (parent, name.to_string());
+        if let Some(ino) = self.by_name.get(&key).map(|e| *e) {
+            if let Some(entry) = self.by_ino.get(&ino) {
+                if entry.backing == backing {
+                    entry.set(parent, name, node);
+                    entry.lookups.fetch_add(1, Ordering::Relaxed);
+                    return ino;
+                }
+            }
+        }
+        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        self.by_ino.insert(
+            ino,
+            Arc::new(Inode {
+                place: RwLock::new((parent, name.to_string())),
+                node: RwLock::new(node),
+                backing,
+                lookups: AtomicU64::new(1),
+            }),
+        );
+        self.by_name.insert(key, ino);
+        ino
+    }
+
+    /// `name` left `parent` (unlink, rmdir): a new node there gets a new number.
+    pub fn removed(&self, parent: u64, name: &str) {
+        self.by_name.remove(&(parent, name.to_string()));
+    }
+
+    /// Puts a known inode at (`parent`, `name`) after a rename or exchange.
+    pub fn relocate(&self, ino: u64, parent: u64, name: &str, node: Node) {
         if let Some(entry) = self.by_ino.get(&ino) {
-            *entry.place.write().unwrap_or_else(|p| p.into_inner()) = (parent, name.to_string());
-            *entry.node.write().unwrap_or_else(|p| p.into_inner()) = node;
+            entry.set(parent, name, node);
+            self.by_name.insert((parent, name.to_string()), ino);
         }
     }
 
@@ -100,12 +132,16 @@ impl InodeTable {
         if ino == ROOT_INO {
             return;
         }
-        self.by_ino.remove_if(&ino, |_, e| {
+        let removed = self.by_ino.remove_if(&ino, |_, e| {
             let before = e
                 .lookups
                 .fetch_sub(n.min(e.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
             before <= n
         });
+        if let Some((_, entry)) = removed {
+            let key = entry.place();
+            self.by_name.remove_if(&key, |_, v| *v == ino);
+        }
     }
 
     /// Number of inodes known (for tests and stats).
