@@ -770,3 +770,36 @@ fn stale_mount_of_a_killed_daemon_is_cleaned() {
     assert_eq!(fs::read(m2.mnt.join("f")).unwrap(), b"kept");
     assert!(m2.unmount().success());
 }
+
+#[test]
+fn changes_behind_the_mounts_back_show_after_the_cache_ttl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
+    let p = m.mnt.join("synced.txt");
+    fs::write(&p, b"version one").unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"version one");
+    // A sync client (here: the offline CLI) replaces the file in the ciphertext directory.
+    let local = tmp.path().join("v2");
+    fs::write(&local, b"version two, longer").unwrap();
+    let put = Command::new(BIN)
+        .args([
+            "put",
+            vault.to_str().unwrap(),
+            local.to_str().unwrap(),
+            "/synced.txt",
+        ])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // No stale page cache, no stale size.
+    assert_eq!(fs::read(&p).unwrap(), b"version two, longer");
+    assert!(m.unmount().success());
+}

@@ -190,9 +190,18 @@ fn attr_from(kind: FileType, size: u64, nlink: u32, md: &fs::Metadata) -> Attr {
 pub struct DirIdCache {
     content_dirs: DashMap<DirId, PathBuf>,
     children: DashMap<(DirId, String), DirId>,
+    /// Subdirectory counts (for directory link counts), with the time they were counted.
+    subdirs: DashMap<DirId, (u32, std::time::Instant)>,
 }
 
 impl DirIdCache {
+    /// Adjusts a cached subdirectory count after a change made through this vault.
+    fn subdirs_changed(&self, dir: &DirId, delta: i32) {
+        if let Some(mut e) = self.subdirs.get_mut(dir) {
+            e.0 = e.0.saturating_add_signed(delta);
+        }
+    }
+
     fn forget_child(&self, parent: &DirId, name: &str) {
         self.children.remove(&(parent.clone(), name.to_string()));
     }
@@ -657,10 +666,25 @@ impl Vault {
             FileType::Symlink => self.readlink(node)?.len() as u64,
         };
         let nlink = match &node.kind {
-            NodeKind::Directory(_) => 2 + self.count_subdirs(&path),
+            NodeKind::Directory(id) => 2 + self.subdir_count(id, &path),
             _ => md.nlink() as u32,
         };
         Ok(attr_from(kind, size, nlink, &md))
+    }
+
+    /// Subdirectories of `id`, counted at most once a second (changes made through this vault
+    /// adjust the count; others show within a second).
+    fn subdir_count(&self, id: &DirId, content_dir: &Path) -> u32 {
+        if let Some(e) = self.cache.subdirs.get(id) {
+            if e.1.elapsed() < std::time::Duration::from_secs(1) {
+                return e.0;
+            }
+        }
+        let n = self.count_subdirs(content_dir);
+        self.cache
+            .subdirs
+            .insert(id.clone(), (n, std::time::Instant::now()));
+        n
     }
 
     /// Number of child directories in a content directory (for a directory's link count).
@@ -779,6 +803,7 @@ impl Vault {
         self.cache
             .children
             .insert((parent.clone(), name.clone()), id.clone());
+        self.cache.subdirs_changed(parent, 1);
         Ok(Node {
             name,
             kind: NodeKind::Directory(id),
@@ -910,6 +935,7 @@ impl Vault {
         // never a directory that lists entries it cannot show.
         self.remove_entry(node)?;
         self.cache.forget_child(parent, &node.name);
+        self.cache.subdirs_changed(parent, -1);
         let content_dir = self.content_dir(id);
         match fs::remove_dir_all(&content_dir) {
             Err(e) if !is_not_found(&e) => Err(Error::io(&content_dir, e)),
@@ -976,6 +1002,8 @@ impl Vault {
             self.cache
                 .children
                 .insert((dst_parent.clone(), dst_name), id.clone());
+            self.cache.subdirs_changed(src_parent, -1);
+            self.cache.subdirs_changed(dst_parent, 1);
         }
         Ok(())
     }
@@ -1020,6 +1048,8 @@ impl Vault {
         }
         self.cache.forget_child(a_parent, &a.name);
         self.cache.forget_child(b_parent, &b.name);
+        self.cache.subdirs.remove(a_parent);
+        self.cache.subdirs.remove(b_parent);
         Ok(())
     }
 

@@ -94,6 +94,9 @@ pub struct OxFs {
     open_files: DashMap<u64, Weak<OpenFile>>,
     next_file_id: std::sync::atomic::AtomicU64,
     dir_handles: Mutex<Slab<Arc<Vec<Listed>>>>,
+    /// Ciphertext (mtime, length) of each file when its last handle closed: an open that
+    /// finds the same keeps the kernel's page cache, any other change drops it.
+    cache_stamps: DashMap<u64, (SystemTime, u64)>,
     options: FsOptions,
 }
 
@@ -143,6 +146,7 @@ impl OxFs {
             open_files: DashMap::new(),
             next_file_id: std::sync::atomic::AtomicU64::new(1),
             dir_handles: Mutex::new(Slab::new()),
+            cache_stamps: DashMap::new(),
             options,
         }
     }
@@ -306,6 +310,24 @@ impl OxFs {
         Ok(f)
     }
 
+    /// The ciphertext file's (mtime, length), the mark of whether it changed between opens.
+    fn stamp(node: &Node) -> Option<(SystemTime, u64)> {
+        let md = std::fs::metadata(node.payload_path()).ok()?;
+        Some((md.modified().ok()?, md.len()))
+    }
+
+    /// FOPEN_KEEP_CACHE when the file is unchanged since its last close (so cached pages are
+    /// still right), nothing otherwise.
+    fn open_flags(&self, ino: u64, node: &Node) -> FopenFlags {
+        let now = Self::stamp(node);
+        let same = now.is_some() && self.cache_stamps.get(&ino).map(|s| *s) == now;
+        if same {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     fn new_handle(&self, file: Arc<OpenFile>, flags: i32) -> u64 {
         // With the writeback cache the kernel computes append offsets itself.
         let append = flags & libc::O_APPEND != 0 && !self.options.writeback_cache;
@@ -356,8 +378,7 @@ fn time_of(t: TimeOrNow) -> SystemTime {
 
 impl Filesystem for OxFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let mut wanted = InitFlags::FUSE_AUTO_INVAL_DATA
-            | InitFlags::FUSE_PARALLEL_DIROPS
+        let mut wanted = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES;
         if self.options.readdirplus {
@@ -660,12 +681,13 @@ impl Filesystem for OxFs {
                 return Err(Errno::EISDIR);
             }
             let file = self.open_file(ino.0, &node)?;
-            Ok(self.new_handle(file, flags.0))
+            Ok((
+                self.new_handle(file, flags.0),
+                self.open_flags(ino.0, &node),
+            ))
         })();
         match r {
-            // Keep the page cache across opens: changes through the mount keep it coherent, and
-            // FUSE_AUTO_INVAL_DATA drops it when mtime or size change behind our back.
-            Ok(fh) => reply.opened(Fh(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, keep)) => reply.opened(Fh(fh), keep),
             Err(e) => reply.error(e),
         }
     }
@@ -755,6 +777,10 @@ impl Filesystem for OxFs {
         };
         if let Some(h) = handle {
             if Arc::strong_count(&h.file) == 1 {
+                // Every write of this file is done: its pages in the kernel are current.
+                if let Some(stamp) = self.inodes.get(ino.0).and_then(|i| Self::stamp(&i.node())) {
+                    self.cache_stamps.insert(ino.0, stamp);
+                }
                 self.open_files
                     .remove_if(&ino.0, |_, w| w.strong_count() <= 1);
                 self.engine.submit(Job::Close { id: h.file.id() });
@@ -997,7 +1023,7 @@ impl Filesystem for OxFs {
                 &to_fuse_attr(ino, &a),
                 Generation(0),
                 Fh(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                FopenFlags::empty(),
             ),
             Err(e) => reply.error(e),
         }
