@@ -114,6 +114,25 @@ pub struct EdgeChunk {
     pub old_len: usize,
 }
 
+/// Decrypted old contents of the edge chunks of a write, by chunk index.
+#[derive(Debug, Default)]
+pub struct EdgeContents(Vec<(u64, Vec<u8>)>);
+
+impl EdgeContents {
+    /// Records the old cleartext of chunk `index`.
+    pub fn push(&mut self, index: u64, clear: Vec<u8>) {
+        self.0.push((index, clear));
+    }
+
+    /// The old cleartext of chunk `index`, if it is an edge.
+    pub fn get(&self, index: u64) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, d)| d.as_slice())
+    }
+}
+
 /// The chunks a write of `len` bytes at `offset` re-encrypts, given the old cleartext size.
 /// `data == None` writes zeros (growing truncate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

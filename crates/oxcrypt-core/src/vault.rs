@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use bumpalo::Bump;
 use dashmap::DashMap;
 
-use crate::chunks::{ReadPlan, WritePlan};
+use crate::chunks::{EdgeContents, ReadPlan, WritePlan};
 use crate::config::{VaultConfig, CONFIG_FILE, MASTERKEY_FILE};
 use crate::content::{CipherCombo, ContentCryptor, FileHeader, CHUNK_SIZE};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
@@ -1383,16 +1383,11 @@ impl FileHandle {
         let Some(plan) = WritePlan::new(offset, len, old_size) else {
             return Ok(());
         };
-        let mut edges: Vec<(u64, Vec<u8>)> = Vec::with_capacity(2);
+        let mut edges = EdgeContents::default();
         for edge in plan.edges() {
-            edges.push((edge.index, self.read_chunk(header, edge.index, old_size)?));
+            edges.push(edge.index, self.read_chunk(header, edge.index, old_size)?);
         }
-        let old = |i: u64| {
-            edges
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map(|(_, d)| d.as_slice())
-        };
+        let old = |i: u64| edges.get(i);
         let mut clear = vec![0u8; CHUNK_SIZE];
         let mut out = vec![0u8; (BATCH_CHUNKS as usize) * combo.chunk_ciphertext_len()];
         let mut from = plan.first;

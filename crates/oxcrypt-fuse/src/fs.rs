@@ -345,6 +345,15 @@ impl OxFs {
             .ok_or(Errno::EBADF)
     }
 
+    /// The listing snapshot of an open directory handle.
+    fn dir_listing(&self, fh: Fh) -> Option<Arc<Vec<Listed>>> {
+        self.dir_handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fh.0 as usize)
+            .cloned()
+    }
+
     /// Runs a metadata call inline, or on a spawned thread in the ablation.
     fn meta(&self, f: impl FnOnce(&OxFs) + Send) {
         if self.options.metadata_on_thread {
@@ -827,13 +836,7 @@ impl Filesystem for OxFs {
         mut reply: ReplyDirectory,
     ) {
         self.meta(|fs| {
-            let listing = fs
-                .dir_handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(fh.0 as usize)
-                .cloned();
-            let Some(listing) = listing else {
+            let Some(listing) = fs.dir_listing(fh) else {
                 return reply.error(Errno::EBADF);
             };
             let parent = fs
@@ -876,13 +879,7 @@ impl Filesystem for OxFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.meta(|fs| {
-            let listing = fs
-                .dir_handles
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(fh.0 as usize)
-                .cloned();
-            let Some(listing) = listing else {
+            let Some(listing) = fs.dir_listing(fh) else {
                 return reply.error(Errno::EBADF);
             };
             let ttl = fs.cache.ttl();

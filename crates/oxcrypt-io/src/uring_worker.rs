@@ -7,7 +7,7 @@ use std::io;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use oxcrypt_core::chunks::{ReadPlan, WritePlan};
+use oxcrypt_core::chunks::{EdgeContents, ReadPlan, WritePlan};
 use oxcrypt_core::content::{CHUNK_SIZE, MAX_CHUNK_CIPHERTEXT};
 use oxcrypt_core::vault::BATCH_CHUNKS;
 use slab::Slab;
@@ -350,7 +350,7 @@ async fn write(
     let combo = cryptor.combo();
     let uf = w.file(file).map_err(errno)?;
     // Read and decrypt the (at most two) edge chunks whose old bytes survive the write.
-    let mut edges: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut edges = EdgeContents::default();
     for edge in plan.edges() {
         let rp = ReadPlan::new(
             combo,
@@ -376,14 +376,9 @@ async fn write(
             tracing::error!(error = %h.content_err(e), "read-modify-write refused");
             return Err(libc::EIO);
         }
-        edges.push((edge.index, clear));
+        edges.push(edge.index, clear);
     }
-    let old = |i: u64| {
-        edges
-            .iter()
-            .find(|(j, _)| *j == i)
-            .map(|(_, d)| d.as_slice())
-    };
+    let old = |i: u64| edges.get(i);
     let mut clear = vec![0u8; CHUNK_SIZE];
     let mut from = plan.first;
     while from <= plan.last {
