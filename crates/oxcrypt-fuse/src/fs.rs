@@ -94,9 +94,6 @@ pub struct OxFs {
     open_files: DashMap<u64, Weak<OpenFile>>,
     next_file_id: std::sync::atomic::AtomicU64,
     dir_handles: Mutex<Slab<Arc<Vec<Listed>>>>,
-    /// Ciphertext (mtime, length) of each file when its last handle closed: an open that
-    /// finds the same keeps the kernel's page cache, any other change drops it.
-    cache_stamps: DashMap<u64, (SystemTime, u64)>,
     options: FsOptions,
 }
 
@@ -146,7 +143,6 @@ impl OxFs {
             open_files: DashMap::new(),
             next_file_id: std::sync::atomic::AtomicU64::new(1),
             dir_handles: Mutex::new(Slab::new()),
-            cache_stamps: DashMap::new(),
             options,
         }
     }
@@ -308,24 +304,6 @@ impl OxFs {
         let f = OpenFile::new(id, handle);
         self.open_files.insert(ino, Arc::downgrade(&f));
         Ok(f)
-    }
-
-    /// The ciphertext file's (mtime, length), the mark of whether it changed between opens.
-    fn stamp(node: &Node) -> Option<(SystemTime, u64)> {
-        let md = std::fs::metadata(node.payload_path()).ok()?;
-        Some((md.modified().ok()?, md.len()))
-    }
-
-    /// FOPEN_KEEP_CACHE when the file is unchanged since its last close (so cached pages are
-    /// still right), nothing otherwise.
-    fn open_flags(&self, ino: u64, node: &Node) -> FopenFlags {
-        let now = Self::stamp(node);
-        let same = now.is_some() && self.cache_stamps.get(&ino).map(|s| *s) == now;
-        if same {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        }
     }
 
     fn new_handle(&self, file: Arc<OpenFile>, flags: i32) -> u64 {
@@ -690,13 +668,12 @@ impl Filesystem for OxFs {
                 return Err(Errno::EISDIR);
             }
             let file = self.open_file(ino.0, &node)?;
-            Ok((
-                self.new_handle(file, flags.0),
-                self.open_flags(ino.0, &node),
-            ))
+            Ok(self.new_handle(file, flags.0))
         })();
         match r {
-            Ok((fh, keep)) => reply.opened(Fh(fh), keep),
+            // No FOPEN_KEEP_CACHE: with it, one file read and written concurrently kept a
+            // stale page in the kernel's cache (see kernel-notes); every open starts cold.
+            Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -786,10 +763,6 @@ impl Filesystem for OxFs {
         };
         if let Some(h) = handle {
             if Arc::strong_count(&h.file) == 1 {
-                // Every write of this file is done: its pages in the kernel are current.
-                if let Some(stamp) = self.inodes.get(ino.0).and_then(|i| Self::stamp(&i.node())) {
-                    self.cache_stamps.insert(ino.0, stamp);
-                }
                 self.open_files
                     .remove_if(&ino.0, |_, w| w.strong_count() <= 1);
                 self.engine.submit(Job::Close { id: h.file.id() });
