@@ -47,6 +47,14 @@ fn name_in<'b>(bump: &'b Bump, name: &OsStr) -> Result<&'b str, Errno> {
     Ok(bump.alloc_str(s))
 }
 
+/// Answers an operation without a result value.
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno())
 }
@@ -544,10 +552,7 @@ impl Filesystem for OxFs {
             self.inodes.removed(parent.0, nfc);
             Ok(())
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -561,10 +566,7 @@ impl Filesystem for OxFs {
             self.cache.dir_changed(parent.0);
             Ok(())
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn symlink(
@@ -639,10 +641,7 @@ impl Filesystem for OxFs {
             self.cache.dir_changed(newparent.0);
             Ok(())
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn link(
@@ -934,10 +933,7 @@ impl Filesystem for OxFs {
             let dir = self.vault.attr_path(&n);
             oxcrypt_core::fsutil::sync_dir(&dir).map_err(err)
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -1056,9 +1052,6 @@ impl Filesystem for OxFs {
             self.cache.forget_attr(ino.0);
             Ok(())
         })();
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        reply_empty(reply, r);
     }
 }
