@@ -10,7 +10,7 @@ mod report;
 mod targets;
 mod workloads;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -219,8 +219,6 @@ fn measure(target: &Target, w: &workloads::Workload, scale: f64) -> Result<Vec<w
     let result = (w.run)(&mounted.dir, scale);
     let cpu = mounted.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
     let rss = mounted.peak_rss_mib();
-    let dir: &Path = &mounted.dir;
-    let _ = dir;
     mounted.unmount();
     let mut metrics = result?;
     if let Some(c) = cpu {

@@ -331,6 +331,29 @@ impl OxFs {
             .ok_or(Errno::EBADF)
     }
 
+    /// Unlinks or rmdirs `name` in `parent` with `remove`, then drops the name's inode number
+    /// and cached attributes (an open descriptor of a removed file now sees nlink 0).
+    fn remove_name(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        remove: fn(&Vault, &DirId, &str) -> oxcrypt_core::Result<()>,
+    ) -> Result<(), Errno> {
+        self.with_arena(|bump| {
+            self.writable()?;
+            let name = name_in(bump, name)?;
+            let dir = self.dir_id(parent)?;
+            let nfc = oxcrypt_core::names::normalize_name_in(name, bump).map_err(err)?;
+            remove(&self.vault, &dir, name).map_err(err)?;
+            self.cache.dir_changed(parent.0);
+            if let Some(ino) = self.inodes.peek(parent.0, nfc) {
+                self.cache.forget_attr(ino);
+            }
+            self.inodes.removed(parent.0, nfc);
+            Ok(())
+        })
+    }
+
     /// The listing snapshot of an open directory handle.
     fn dir_listing(&self, fh: Fh) -> Option<Arc<Vec<Listed>>> {
         self.dir_handles
@@ -538,35 +561,11 @@ impl Filesystem for OxFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.with_arena(|bump| {
-            self.writable()?;
-            let name = name_in(bump, name)?;
-            let dir = self.dir_id(parent)?;
-            // The unlinked inode's cached attributes go too: an open descriptor now sees nlink 0.
-            let nfc = oxcrypt_core::names::normalize_name_in(name, bump).map_err(err)?;
-            self.vault.unlink(&dir, name).map_err(err)?;
-            self.cache.dir_changed(parent.0);
-            if let Some(ino) = self.inodes.peek(parent.0, nfc) {
-                self.cache.forget_attr(ino);
-            }
-            self.inodes.removed(parent.0, nfc);
-            Ok(())
-        });
-        reply_empty(reply, r);
+        reply_empty(reply, self.remove_name(parent, name, Vault::unlink));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.with_arena(|bump| {
-            self.writable()?;
-            let name = name_in(bump, name)?;
-            let dir = self.dir_id(parent)?;
-            let nfc = oxcrypt_core::names::normalize_name_in(name, bump).map_err(err)?;
-            self.vault.rmdir(&dir, name).map_err(err)?;
-            self.inodes.removed(parent.0, nfc);
-            self.cache.dir_changed(parent.0);
-            Ok(())
-        });
-        reply_empty(reply, r);
+        reply_empty(reply, self.remove_name(parent, name, Vault::rmdir));
     }
 
     fn symlink(
