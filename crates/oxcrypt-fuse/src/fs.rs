@@ -24,6 +24,7 @@ use slab::Slab;
 
 use crate::cache::{Listed, MetaCache};
 use crate::inodes::{unlooked_ino, InodeTable, ROOT_INO};
+use crate::page_cache::{PageCachePolicy, Stamp};
 
 thread_local! {
     /// The per-request arena: names and paths built while answering one request live here and
@@ -73,6 +74,7 @@ fn err(e: Error) -> Errno {
 struct Handle {
     file: Arc<OpenFile>,
     append: bool,
+    write: bool,
 }
 
 /// Settings of the file system.
@@ -102,6 +104,7 @@ pub struct OxFs {
     open_files: DashMap<u64, Weak<OpenFile>>,
     next_file_id: std::sync::atomic::AtomicU64,
     dir_handles: Mutex<Slab<Arc<Vec<Listed>>>>,
+    page_cache: PageCachePolicy,
     options: FsOptions,
 }
 
@@ -151,6 +154,7 @@ impl OxFs {
             open_files: DashMap::new(),
             next_file_id: std::sync::atomic::AtomicU64::new(1),
             dir_handles: Mutex::new(Slab::new()),
+            page_cache: PageCachePolicy::default(),
             options,
         }
     }
@@ -314,13 +318,36 @@ impl OxFs {
         Ok(f)
     }
 
-    fn new_handle(&self, file: Arc<OpenFile>, flags: i32) -> u64 {
+    /// The ciphertext file's (mtime, length), the mark of whether it changed between opens.
+    fn stamp(node: &Node) -> Option<Stamp> {
+        let md = std::fs::metadata(node.payload_path()).ok()?;
+        Some((md.modified().ok()?, md.len()))
+    }
+
+    /// A new handle of inode `ino`, and whether the kernel may keep its cached pages
+    /// (`FOPEN_KEEP_CACHE`, decided by [`PageCachePolicy`]).
+    /// `now` is the ciphertext's stamp (None for a file just created: its cache is empty).
+    fn new_handle(
+        &self,
+        ino: u64,
+        now: Option<Stamp>,
+        file: Arc<OpenFile>,
+        flags: i32,
+    ) -> (u64, bool) {
         // With the writeback cache the kernel computes append offsets itself.
         let append = flags & libc::O_APPEND != 0 && !self.options.writeback_cache;
-        self.handles
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        let keep = self.page_cache.opened(ino, write, now);
+        let fh = self
+            .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(Handle { file, append }) as u64
+            .insert(Handle {
+                file,
+                append,
+                write,
+            }) as u64;
+        (fh, keep)
     }
 
     fn handle(&self, fh: Fh) -> Result<(Arc<OpenFile>, bool), Errno> {
@@ -666,12 +693,11 @@ impl Filesystem for OxFs {
                 return Err(Errno::EISDIR);
             }
             let file = self.open_file(ino.0, &node)?;
-            Ok(self.new_handle(file, flags.0))
+            Ok(self.new_handle(ino.0, Self::stamp(&node), file, flags.0))
         })();
         match r {
-            // No FOPEN_KEEP_CACHE: with it, one file read and written concurrently kept a
-            // stale page in the kernel's cache (see kernel-notes); every open starts cold.
-            Ok(fh) => reply.opened(Fh(fh), FopenFlags::empty()),
+            Ok((fh, true)) => reply.opened(Fh(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, false)) => reply.opened(Fh(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
     }
@@ -760,6 +786,9 @@ impl Filesystem for OxFs {
             handles.try_remove(fh.0 as usize)
         };
         if let Some(h) = handle {
+            self.page_cache.closed(ino.0, h.write, || {
+                self.inodes.get(ino.0).and_then(|i| Self::stamp(&i.node()))
+            });
             if Arc::strong_count(&h.file) == 1 {
                 self.open_files
                     .remove_if(&ino.0, |_, w| w.strong_count() <= 1);
@@ -980,7 +1009,8 @@ impl Filesystem for OxFs {
             .and_then(|(ino, attr)| {
                 let node = self.node(INodeNo(ino))?;
                 let file = self.open_file(ino, &node)?;
-                Ok((ino, attr, self.new_handle(file, flags)))
+                let (fh, _) = self.new_handle(ino, None, file, flags);
+                Ok((ino, attr, fh))
             });
         match r {
             Ok((ino, a, fh)) => reply.created(

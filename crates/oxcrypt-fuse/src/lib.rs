@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod fs;
 pub mod inodes;
+pub mod page_cache;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
