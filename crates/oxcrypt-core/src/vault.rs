@@ -730,10 +730,25 @@ impl Vault {
     /// Creates an empty regular file `name` in `parent` with permission `mode`; fails if
     /// the name exists.
     pub fn create_file(&self, parent: &DirId, name: &str, mode: u32) -> Result<Node> {
+        self.create_open(parent, name, mode, None)
+            .map(|(node, _, _)| node)
+    }
+
+    /// Creates an empty regular file like [`Vault::create_file`] and returns it already open
+    /// for reading and writing, with its attributes: one `open`, one header write and one
+    /// `fstat` (plus a best-effort `fchown` when `owner` differs from what the new file got).
+    pub fn create_open(
+        &self,
+        parent: &DirId,
+        name: &str,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(Node, FileHandle, Attr)> {
         let name = normalize_name(name)?;
         let (entry, shortened, c9r) = self.entry_for(parent, &name);
-        self.ensure_absent(&entry, &name)?;
         if shortened {
+            // A plain entry is refused by O_EXCL below; a shortened one is a directory.
+            self.ensure_absent(&entry, &name)?;
             self.make_shortened_entry(&entry, &c9r)?;
         }
         let node = Node {
@@ -743,7 +758,8 @@ impl Vault {
             shortened,
         };
         let path = node.payload_path();
-        let mut f = OpenOptions::new()
+        let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(mode)
@@ -756,8 +772,24 @@ impl Vault {
         let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
         let hl = self.content.combo().header_len();
         self.content.encrypt_header(&header, &mut buf);
-        std::io::Write::write_all(&mut f, &buf[..hl]).at(&path)?;
-        Ok(node)
+        file.write_all_at(&buf[..hl], 0).at(&path)?;
+        let mut md = file.metadata().at(&path)?;
+        if let Some((uid, gid)) = owner {
+            // Best effort, as for any node: an unprivileged daemon cannot give files away.
+            if (md.uid(), md.gid()) != (uid, gid)
+                && std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).is_ok()
+            {
+                md = file.metadata().at(&path)?;
+            }
+        }
+        let attr = attr_from(FileType::File, 0, md.nlink() as u32, &md);
+        let handle = FileHandle {
+            file,
+            path,
+            content: self.content.clone(),
+            header: RwLock::new(Some(Arc::new(header))),
+        };
+        Ok((node, handle, attr))
     }
 
     fn ensure_absent(&self, entry: &Path, name: &str) -> Result<()> {
