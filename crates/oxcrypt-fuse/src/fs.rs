@@ -74,7 +74,6 @@ fn err(e: Error) -> Errno {
 struct Handle {
     file: Arc<OpenFile>,
     append: bool,
-    write: bool,
 }
 
 /// Settings of the file system.
@@ -247,34 +246,49 @@ impl OxFs {
     }
 
     /// A created node: owner from the request (group from a setgid parent), registered.
-    fn adopt(&self, req: &Request, parent: INodeNo, node: Node) -> Result<(u64, Attr), Errno> {
-        // Only the parent's mode and group matter here: read them straight from its content
-        // directory (a full stat would count its subdirectories, O(entries) per create).
-        let parent_path = self.vault.attr_path(&self.node(parent)?);
-        let pmd = std::fs::metadata(&parent_path)
-            .map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))?;
-        let setgid = std::os::unix::fs::MetadataExt::mode(&pmd) & 0o2000 != 0;
-        let gid = if setgid {
-            std::os::unix::fs::MetadataExt::gid(&pmd)
-        } else {
-            req.gid()
+    /// The owner a new node in `parent` gets: the caller's uid, and the caller's gid or the
+    /// parent's when the parent is setgid. Also says whether the parent is setgid.
+    fn new_owner(&self, req: &Request, parent: INodeNo) -> Result<(u32, u32, bool), Errno> {
+        // Only the parent's mode and group matter here: take them from the attribute cache,
+        // or straight from its content directory (a full stat would count its subdirectories).
+        let (mode, pgid) = match self.cache.attr(parent.0) {
+            Some(a) => (a.perm, a.gid),
+            None => {
+                let parent_path = self.vault.attr_path(&self.node(parent)?);
+                let pmd = std::fs::metadata(&parent_path)
+                    .map_err(|e| Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                use std::os::unix::fs::MetadataExt;
+                (pmd.mode(), pmd.gid())
+            }
         };
-        if let Err(e) = self.vault.chown(&node, Some(req.uid()), Some(gid)) {
+        let setgid = mode & 0o2000 != 0;
+        Ok((req.uid(), if setgid { pgid } else { req.gid() }, setgid))
+    }
+
+    /// Gives a node just made in `parent` its owner, caches and inode number.
+    fn adopt(&self, req: &Request, parent: INodeNo, node: Node) -> Result<(u64, Attr), Errno> {
+        let (uid, gid, setgid) = self.new_owner(req, parent)?;
+        if let Err(e) = self.vault.chown(&node, Some(uid), Some(gid)) {
             tracing::debug!(error = %e, "cannot set owner of new node");
         }
         if node.is_dir() && setgid {
             let a = self.vault.stat(&node).map_err(err)?;
             let _ = self.vault.set_perm(&node, a.perm | 0o2000);
         }
-        self.cache.dir_changed(parent.0);
         let attr = self.vault.stat(&node).map_err(err)?;
+        Ok((self.register_new(parent, node, attr), attr))
+    }
+
+    /// Enters a node just made in `parent` into the inode table and the caches.
+    fn register_new(&self, parent: INodeNo, node: Node, attr: Attr) -> u64 {
+        self.cache.dir_changed(parent.0);
         // A new node: any number the old name had belongs to a deleted file.
         self.inodes.removed(parent.0, &node.name);
         let ino = self
             .inodes
             .lookup(parent.0, &node.name.clone(), node, attr.ino);
         self.cache.put_attr(ino, attr);
-        Ok((ino, attr))
+        ino
     }
 
     /// Creates a node with `make` in directory `parent` and adopts it (owner, caches, inode).
@@ -310,12 +324,17 @@ impl OxFs {
             .vault
             .open_file(node, !self.options.read_only)
             .map_err(err)?;
+        Ok(self.share_file(ino, handle))
+    }
+
+    /// Makes `handle` the open file that every handle of `ino` shares.
+    fn share_file(&self, ino: u64, handle: oxcrypt_core::vault::FileHandle) -> Arc<OpenFile> {
         let id = self
             .next_file_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = OpenFile::new(id, handle);
         self.open_files.insert(ino, Arc::downgrade(&f));
-        Ok(f)
+        f
     }
 
     /// The ciphertext file's (mtime, length), the mark of whether it changed between opens.
@@ -336,17 +355,12 @@ impl OxFs {
     ) -> (u64, bool) {
         // With the writeback cache the kernel computes append offsets itself.
         let append = flags & libc::O_APPEND != 0 && !self.options.writeback_cache;
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        let keep = self.page_cache.opened(ino, write, now);
+        let keep = self.page_cache.opened(ino, now);
         let fh = self
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(Handle {
-                file,
-                append,
-                write,
-            }) as u64;
+            .insert(Handle { file, append }) as u64;
         (fh, keep)
     }
 
@@ -747,6 +761,7 @@ impl Filesystem for OxFs {
             Err(e) => return reply.error(e),
         };
         self.cache.forget_attr(ino.0);
+        self.page_cache.wrote(ino.0);
         let offset = if append { u64::MAX } else { offset };
         self.engine.submit(Job::Write {
             file,
@@ -786,7 +801,7 @@ impl Filesystem for OxFs {
             handles.try_remove(fh.0 as usize)
         };
         if let Some(h) = handle {
-            self.page_cache.closed(ino.0, h.write, || {
+            self.page_cache.closed(ino.0, || {
                 self.inodes.get(ino.0).and_then(|i| Self::stamp(&i.node()))
             });
             if Arc::strong_count(&h.file) == 1 {
@@ -1002,16 +1017,21 @@ impl Filesystem for OxFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = self
-            .make_node(req, parent, name, |dir, name| {
-                self.vault.create_file(dir, name, mode & !umask & 0o7777)
-            })
-            .and_then(|(ino, attr)| {
-                let node = self.node(INodeNo(ino))?;
-                let file = self.open_file(ino, &node)?;
-                let (fh, _) = self.new_handle(ino, None, file, flags);
-                Ok((ino, attr, fh))
-            });
+        // One open(2) creates, writes the header and stays open for the new handle.
+        let r = self.with_arena(|bump| {
+            self.writable()?;
+            let name = name_in(bump, name)?;
+            let dir = self.dir_id(parent)?;
+            let (uid, gid, _) = self.new_owner(req, parent)?;
+            let (node, handle, attr) = self
+                .vault
+                .create_open(&dir, name, mode & !umask & 0o7777, Some((uid, gid)))
+                .map_err(err)?;
+            let ino = self.register_new(parent, node, attr);
+            let file = self.share_file(ino, handle);
+            let (fh, _) = self.new_handle(ino, None, file, flags);
+            Ok((ino, attr, fh))
+        });
         match r {
             Ok((ino, a, fh)) => reply.created(
                 &self.cache.ttl(),

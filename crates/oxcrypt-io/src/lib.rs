@@ -11,13 +11,16 @@
 //! - [`IoMode::Sync`]: the same workers doing blocking `pread`/`pwrite`, chosen with
 //!   `--io sync` or automatically (one log line says why) where io_uring is unavailable.
 //!
-//! Jobs of one file always go to the same worker and take the file's FIFO lock, so requests to
-//! one file keep their order. tokio-uring stays behind this module's small interface
+//! Changes to one file (writes, truncates, fsyncs) always go to the file's home worker and
+//! take the file's FIFO lock, so they keep their order. A read goes to the home worker too
+//! while a change is pending (so it sees it), and otherwise to the next worker in turn: one
+//! file's sequential or random reads are decrypted on every core. tokio-uring stays behind this module's small interface
 //! ([`Engine::submit`]); nothing else in the project names it.
 
 mod sync_worker;
 mod uring_worker;
 
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -78,6 +81,8 @@ pub struct OpenFile {
     id: u64,
     handle: FileHandle,
     order: tokio::sync::RwLock<()>,
+    /// Changes submitted and not yet completed.
+    changes_pending: AtomicU32,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -95,6 +100,7 @@ impl OpenFile {
             id,
             handle,
             order: tokio::sync::RwLock::new(()),
+            changes_pending: AtomicU32::new(0),
         })
     }
 
@@ -183,6 +189,8 @@ impl Job {
 pub struct Engine {
     mode: IoMode,
     senders: Vec<UnboundedSender<Job>>,
+    /// Round-robin position for reads that may go to any worker.
+    next_reader: AtomicUsize,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -276,6 +284,7 @@ impl Engine {
         let mut engine = Engine {
             mode,
             senders,
+            next_reader: AtomicUsize::new(0),
             threads,
         };
         for _ in 0..workers {
@@ -300,13 +309,87 @@ impl Engine {
         self.mode
     }
 
-    /// Queues a job on the worker that owns its file.
+    /// Queues a job: changes on the file's home worker, reads on any worker unless a change
+    /// of the file is pending, and `Close` on every worker (each may hold per-file state).
     pub fn submit(&self, job: Job) {
-        let worker = (job.file_id() % self.senders.len() as u64) as usize;
+        let n = self.senders.len();
+        let home = (job.file_id() % n as u64) as usize;
+        let worker = match job {
+            Job::Close { id } => {
+                for (i, tx) in self.senders.iter().enumerate() {
+                    if i != home {
+                        let _ = tx.send(Job::Close { id });
+                    }
+                }
+                home
+            }
+            Job::Read { ref file, .. } => {
+                if file.changes_pending.load(Ordering::Acquire) == 0 {
+                    self.next_reader.fetch_add(1, Ordering::Relaxed) % n
+                } else {
+                    home
+                }
+            }
+            _ => home,
+        };
+        let job = match job {
+            Job::Write {
+                file,
+                offset,
+                data,
+                done,
+            } => {
+                let f = Self::change_started(&file);
+                Job::Write {
+                    file,
+                    offset,
+                    data,
+                    done: Box::new(move |r| {
+                        f.changes_pending.fetch_sub(1, Ordering::Release);
+                        done(r)
+                    }),
+                }
+            }
+            Job::SetLen { file, size, done } => {
+                let f = Self::change_started(&file);
+                Job::SetLen {
+                    file,
+                    size,
+                    done: Self::change_done(f, done),
+                }
+            }
+            Job::Sync {
+                file,
+                datasync,
+                done,
+            } => {
+                let f = Self::change_started(&file);
+                Job::Sync {
+                    file,
+                    datasync,
+                    done: Self::change_done(f, done),
+                }
+            }
+            other => other,
+        };
         if let Err(failed) = self.senders[worker].send(job) {
             // The worker is gone (only during shutdown): fail the job instead of losing it.
             fail(failed.0, libc::EIO);
         }
+    }
+
+    fn change_started(file: &Arc<OpenFile>) -> Arc<OpenFile> {
+        file.changes_pending.fetch_add(1, Ordering::AcqRel);
+        file.clone()
+    }
+
+    /// Wraps a change's completion: the change stops counting as pending before the caller
+    /// hears of it, so a read it triggers may go to any worker.
+    fn change_done(file: Arc<OpenFile>, done: Done) -> Done {
+        Box::new(move |r| {
+            file.changes_pending.fetch_sub(1, Ordering::Release);
+            done(r)
+        })
     }
 
     /// Finishes every queued job, then stops the workers.
