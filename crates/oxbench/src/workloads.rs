@@ -61,6 +61,11 @@ pub fn all() -> Vec<Workload> {
             run: concurrent,
         },
         Workload {
+            name: "fio-direct",
+            main: "randread 4k x4 IOPS",
+            run: fio_direct,
+        },
+        Workload {
             name: "ide",
             main: "total s",
             run: ide,
@@ -263,6 +268,56 @@ fn concurrent(dir: &Path, scale: f64) -> Result<Vec<Metric>> {
         }
     }
     Ok(out)
+}
+
+/// The database-style reference: fio 4 KiB random reads, 4 jobs, O_DIRECT (every read
+/// reaches the file system, no page cache), on a 512 MiB file.
+fn fio_direct(dir: &Path, scale: f64) -> Result<Vec<Metric>> {
+    let size = scaled(512 << 20, scale, 32 << 20);
+    let p = dir.join("fio.dat");
+    write_file(&p, size, true)?;
+    let secs = (5.0 * scale).clamp(2.0, 5.0);
+    let out = Command::new("fio")
+        .args([
+            "--name=randread",
+            "--rw=randread",
+            "--bs=4k",
+            "--numjobs=4",
+            "--direct=1",
+            "--ioengine=psync",
+            "--group_reporting",
+            "--time_based",
+            "--output-format=json",
+        ])
+        .arg(format!("--filename={}", p.display()))
+        .arg(format!("--size={size}"))
+        .arg(format!("--runtime={secs}"))
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run fio ({e}); install it with `apt-get install fio`")
+        })?;
+    if !out.status.success() {
+        bail!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .next()
+                .unwrap_or("")
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let read = &v["jobs"][0]["read"];
+    let iops = read["iops"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("fio printed no IOPS"))?;
+    let p99 = read["clat_ns"]["percentile"]["99.000000"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e6;
+    Ok(vec![
+        m("randread 4k x4 IOPS", "IOPS", iops, true),
+        m("randread 4k x4 p99 ms", "ms", p99, false),
+    ])
 }
 
 fn make_tree(root: &Path, files: u64, rng: &mut Rng) -> Result<Vec<std::path::PathBuf>> {
