@@ -3,23 +3,38 @@
 //! entries it touches; a short time-to-live covers changes made behind the mount's back (vaults
 //! often live in sync folders).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use oxcrypt_core::{Attr, Node};
+use oxcrypt_core::{Attr, Node, Vault};
 
-/// One entry of a cached listing.
-#[derive(Debug, Clone)]
+/// One entry of a cached listing. Its attributes are read on first use: a plain `readdir`
+/// (as in `ls` or `find -name`) needs only names and kinds, so a large directory is listed
+/// without one `stat` per entry.
+#[derive(Debug)]
 pub struct Listed {
     /// Cleartext name (NFC).
     pub name: String,
     /// The vault node.
     pub node: Node,
-    /// Its attributes at listing time.
-    pub attr: Attr,
-    /// Inode number of its backing file (FUSE numbers are given by the inode table).
-    pub backing: u64,
+    attr: OnceLock<Option<Attr>>,
+}
+
+impl Listed {
+    /// An entry whose attributes are not read yet.
+    pub fn new(name: String, node: Node) -> Self {
+        Listed {
+            name,
+            node,
+            attr: OnceLock::new(),
+        }
+    }
+
+    /// Its attributes, read once from `vault`; `None` if the entry vanished or cannot be read.
+    pub fn attr(&self, vault: &Vault) -> Option<Attr> {
+        *self.attr.get_or_init(|| vault.stat(&self.node).ok())
+    }
 }
 
 /// Attribute and listing caches.

@@ -18,6 +18,7 @@ use fuser::{
     ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use oxcrypt_core::vault::FileType as VType;
+use oxcrypt_core::vault::NodeKind;
 use oxcrypt_core::{Attr, DirId, Error, Node, Vault};
 use oxcrypt_io::{Engine, Job, OpenFile};
 use slab::Slab;
@@ -131,8 +132,13 @@ fn to_fuse_attr(ino: u64, a: &Attr) -> FileAttr {
     }
 }
 
-fn kind_of(a: &Attr) -> FileType {
-    to_fuse_attr(0, a).kind
+/// The FUSE file type of a node, known without a `stat`.
+fn node_kind(n: &Node) -> FileType {
+    match n.kind {
+        NodeKind::File => FileType::RegularFile,
+        NodeKind::Directory(_) => FileType::Directory,
+        NodeKind::Symlink => FileType::Symlink,
+    }
 }
 
 impl OxFs {
@@ -210,19 +216,10 @@ impl OxFs {
         }
         let node = self.node(INodeNo(ino))?;
         let id = node.dir_id().ok_or(Errno::ENOTDIR)?;
-        let mut out = Vec::new();
-        for child in self.vault.list(id).map_err(err)? {
-            // An entry that vanished or cannot be read between listing and stat is left out.
-            let Ok(attr) = self.vault.stat(&child) else {
-                continue;
-            };
-            out.push(Listed {
-                name: child.name.clone(),
-                backing: attr.ino,
-                node: child,
-                attr,
-            });
-        }
+        let mut out: Vec<Listed> = (self.vault.list(id).map_err(err)?)
+            .into_iter()
+            .map(|child| Listed::new(child.name.clone(), child))
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         let l = Arc::new(out);
         self.cache.put_listing(ino, l.clone());
@@ -441,7 +438,9 @@ impl Filesystem for OxFs {
             | InitFlags::FUSE_ASYNC_READ
             | InitFlags::FUSE_BIG_WRITES;
         if self.options.readdirplus {
-            wanted |= InitFlags::FUSE_DO_READDIRPLUS;
+            // AUTO: the kernel asks for attributes with the first batch of a listing and then
+            // only when the caller went on to look entries up (`ls -l`, not `ls`).
+            wanted |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         }
         if self.options.writeback_cache {
             wanted |= InitFlags::FUSE_WRITEBACK_CACHE;
@@ -475,10 +474,11 @@ impl Filesystem for OxFs {
                     return match l.binary_search_by(|e| e.name.as_str().cmp(nfc)) {
                         Ok(i) => {
                             let e = &l[i];
-                            let ino =
-                                fs.inodes
-                                    .lookup(parent.0, &e.name, e.node.clone(), e.backing);
-                            Ok((ino, fs.cache.attr(ino).unwrap_or(e.attr)))
+                            let attr = e.attr(&fs.vault).ok_or(Errno::ENOENT)?;
+                            let ino = fs
+                                .inodes
+                                .lookup(parent.0, &e.name, e.node.clone(), attr.ino);
+                            Ok((ino, fs.cache.attr(ino).unwrap_or(attr)))
                         }
                         Err(_) => Err(Errno::ENOENT),
                     };
@@ -782,8 +782,9 @@ impl Filesystem for OxFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Writes are complete when acknowledged; nothing is buffered here.
-        reply.ok();
+        // Writes are complete when acknowledged, so there is nothing to flush. ENOSYS makes the
+        // kernel stop sending FLUSH: one round trip less per close(2).
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -807,7 +808,7 @@ impl Filesystem for OxFs {
             if Arc::strong_count(&h.file) == 1 {
                 self.open_files
                     .remove_if(&ino.0, |_, w| w.strong_count() <= 1);
-                self.engine.submit(Job::Close { id: h.file.id() });
+                self.engine.submit(Job::Close { file: h.file });
             }
         }
         self.cache.forget_attr(ino.0);
@@ -876,8 +877,8 @@ impl Filesystem for OxFs {
                 let shown = fs
                     .inodes
                     .peek(ino.0, &e.name)
-                    .unwrap_or_else(|| unlooked_ino(e.backing));
-                if reply.add(INodeNo(shown), k as u64 + 3, kind_of(&e.attr), &e.name) {
+                    .unwrap_or_else(|| unlooked_ino(ino.0, &e.name));
+                if reply.add(INodeNo(shown), k as u64 + 3, node_kind(&e.node), &e.name) {
                     break;
                 }
             }
@@ -937,9 +938,13 @@ impl Filesystem for OxFs {
                 i = 2;
             }
             for (k, e) in listing.iter().enumerate().skip((i - 2) as usize) {
+                // An entry that vanished or cannot be read since the listing is left out.
+                let Some(attr) = e.attr(&fs.vault) else {
+                    continue;
+                };
                 // An entry in readdirplus counts as a lookup; undone if it did not fit.
-                let child = fs.inodes.lookup(ino.0, &e.name, e.node.clone(), e.backing);
-                let attr = fs.cache.attr(child).unwrap_or(e.attr);
+                let child = fs.inodes.lookup(ino.0, &e.name, e.node.clone(), attr.ino);
+                let attr = fs.cache.attr(child).unwrap_or(attr);
                 if reply.add(
                     INodeNo(child),
                     k as u64 + 3,

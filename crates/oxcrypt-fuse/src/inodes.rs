@@ -51,10 +51,14 @@ pub struct InodeTable {
     next: AtomicU64,
 }
 
-/// Inode number shown by plain `readdir` for an entry the kernel has not looked up yet (the
-/// high bit keeps it apart from allocated numbers).
-pub fn unlooked_ino(backing: u64) -> u64 {
-    backing | (1 << 63)
+/// Inode number shown by plain `readdir` for an entry the kernel has not looked up yet: a hash
+/// of (parent, name), so no `stat` is needed; the high bit keeps it apart from allocated
+/// numbers.
+pub fn unlooked_ino(parent: u64, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (parent, name).hash(&mut h);
+    h.finish() | (1 << 63)
 }
 
 impl InodeTable {

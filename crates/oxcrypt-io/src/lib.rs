@@ -20,7 +20,7 @@
 mod sync_worker;
 mod uring_worker;
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -83,6 +83,8 @@ pub struct OpenFile {
     order: tokio::sync::RwLock<()>,
     /// Changes submitted and not yet completed.
     changes_pending: AtomicU32,
+    /// Workers that were given a job of this file (bit per worker): only they get `Close`.
+    workers_used: AtomicU64,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -101,6 +103,7 @@ impl OpenFile {
             handle,
             order: tokio::sync::RwLock::new(()),
             changes_pending: AtomicU32::new(0),
+            workers_used: AtomicU64::new(0),
         })
     }
 
@@ -166,10 +169,10 @@ pub enum Job {
         /// Completion.
         done: Done,
     },
-    /// The file was released: drop the worker's per-file state.
+    /// The file was released: drop the workers' per-file state.
     Close {
-        /// The file's id.
-        id: u64,
+        /// The file.
+        file: Arc<OpenFile>,
     },
 }
 
@@ -179,8 +182,8 @@ impl Job {
             Job::Read { file, .. }
             | Job::Write { file, .. }
             | Job::SetLen { file, .. }
-            | Job::Sync { file, .. } => file.id,
-            Job::Close { id } => *id,
+            | Job::Sync { file, .. }
+            | Job::Close { file } => file.id,
         }
     }
 }
@@ -310,28 +313,32 @@ impl Engine {
     }
 
     /// Queues a job: changes on the file's home worker, reads on any worker unless a change
-    /// of the file is pending, and `Close` on every worker (each may hold per-file state).
+    /// of the file is pending, and `Close` on every worker that had a job of the file.
     pub fn submit(&self, job: Job) {
         let n = self.senders.len();
         let home = (job.file_id() % n as u64) as usize;
-        let worker = match job {
-            Job::Close { id } => {
+        let worker = match &job {
+            // The sync workers keep no per-file state.
+            Job::Close { .. } if self.mode == IoMode::Sync => return,
+            Job::Close { file } => {
+                let used = file.workers_used.load(Ordering::Acquire);
                 for (i, tx) in self.senders.iter().enumerate() {
-                    if i != home {
-                        let _ = tx.send(Job::Close { id });
+                    if i != home && i < 64 && used & (1 << i) != 0 {
+                        let _ = tx.send(Job::Close { file: file.clone() });
                     }
                 }
                 home
             }
-            Job::Read { ref file, .. } => {
-                if file.changes_pending.load(Ordering::Acquire) == 0 {
-                    self.next_reader.fetch_add(1, Ordering::Relaxed) % n
-                } else {
-                    home
-                }
+            Job::Read { file, .. } if file.changes_pending.load(Ordering::Acquire) == 0 => {
+                self.next_reader.fetch_add(1, Ordering::Relaxed) % n
             }
             _ => home,
         };
+        if let Job::Read { file, .. } = &job {
+            if worker != home && worker < 64 {
+                file.workers_used.fetch_or(1 << worker, Ordering::AcqRel);
+            }
+        }
         let job = match job {
             Job::Write {
                 file,

@@ -185,8 +185,8 @@ pub(crate) fn run(
             scratch: RefCell::new(vec![0u8; CHUNK_SIZE]),
         });
         while let Some(job) = rx.recv().await {
-            if let Job::Close { id } = job {
-                worker.files.borrow_mut().remove(&id);
+            if let Job::Close { file } = job {
+                worker.files.borrow_mut().remove(&file.id);
                 continue;
             }
             let (file, op) = match &job {
