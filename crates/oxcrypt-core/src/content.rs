@@ -9,7 +9,9 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::Aes256Gcm;
 use ctr::cipher::{KeyIvInit, StreamCipher};
 use hmac::{Hmac, Mac};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use sha2::Sha256;
+use std::mem::MaybeUninit;
 use zeroize::Zeroizing;
 
 use crate::error::{ContentPart, CryptoError};
@@ -130,8 +132,42 @@ impl CipherCombo {
 
 /// The key that encrypts one file's chunks.
 enum ChunkKey {
-    Gcm(Box<Aes256Gcm>),
+    Gcm(Box<ChunkGcm>),
     Ctr(Zeroizing<[u8; 32]>),
+}
+
+/// AES-256-GCM for one file's chunks, on ring's assembly: 6–7 GB/s per core here against
+/// about 2 GB/s for the `aes-gcm` crate (see benches/). ring does not wipe its key schedule,
+/// so this wrapper does, on drop.
+struct ChunkGcm(MaybeUninit<LessSafeKey>);
+
+// Wiping in place is only sound if the key owns nothing that needs dropping.
+const _: () = assert!(!std::mem::needs_drop::<LessSafeKey>());
+
+impl ChunkGcm {
+    fn new(key: &[u8; 32]) -> Self {
+        let unbound = UnboundKey::new(&AES_256_GCM, key).expect("AES-256 takes a 32-byte key");
+        ChunkGcm(MaybeUninit::new(LessSafeKey::new(unbound)))
+    }
+
+    fn key(&self) -> &LessSafeKey {
+        // SAFETY: initialised in `new`, only wiped in `drop`.
+        unsafe { self.0.assume_init_ref() }
+    }
+}
+
+impl Drop for ChunkGcm {
+    fn drop(&mut self) {
+        // SAFETY: the storage is ours and `LessSafeKey` has no drop glue (asserted above), so
+        // overwriting its bytes without running a destructor leaks nothing.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(
+                self.0.as_mut_ptr().cast::<u8>(),
+                std::mem::size_of::<LessSafeKey>(),
+            )
+        };
+        zeroize::Zeroize::zeroize(bytes);
+    }
 }
 
 /// A decrypted file header: nonce and content key, ready to encrypt or decrypt chunks.
@@ -152,7 +188,7 @@ impl FileHeader {
     fn new(combo: CipherCombo, nonce: [u8; 16], reserved: [u8; 8], content_key: [u8; 32]) -> Self {
         let content_key = Zeroizing::new(content_key);
         let chunk_key = match combo {
-            CipherCombo::SivGcm => ChunkKey::Gcm(Box::new(Aes256Gcm::new((&*content_key).into()))),
+            CipherCombo::SivGcm => ChunkKey::Gcm(Box::new(ChunkGcm::new(&content_key))),
             CipherCombo::SivCtrMac => ChunkKey::Ctr(content_key.clone()),
         };
         FileHeader {
@@ -328,15 +364,14 @@ impl ContentCryptor {
         match &header.chunk_key {
             ChunkKey::Gcm(gcm) => {
                 let aad = gcm_chunk_aad(index, header.nonce(self.combo));
-                let n12 = aes_gcm::Nonce::try_from(&nonce[..12]).expect("12 bytes");
+                let n12 = Nonce::try_assume_unique_for_key(&nonce[..12]).expect("12 bytes");
+                let body = &mut out[nl..nl + n];
+                body.copy_from_slice(clear);
                 let tag = gcm
-                    .encrypt_inout_detached(
-                        &n12,
-                        &aad,
-                        InOutBuf::new(clear, &mut out[nl..nl + n]).expect("equal lengths"),
-                    )
+                    .key()
+                    .seal_in_place_separate_tag(n12, Aad::from(aad), body)
                     .expect("a chunk is within GCM limits");
-                out[nl + n..].copy_from_slice(&tag);
+                out[nl + n..].copy_from_slice(tag.as_ref());
             }
             ChunkKey::Ctr(key) => {
                 let mut iv = [0u8; 16];
@@ -382,18 +417,18 @@ impl ContentCryptor {
         match &header.chunk_key {
             ChunkKey::Gcm(gcm) => {
                 let aad = gcm_chunk_aad(index, header.nonce(self.combo));
-                let n12 = aes_gcm::Nonce::try_from(&data[..12]).expect("12 bytes");
-                let tag = aes_gcm::Tag::try_from(tag).expect("16 bytes");
-                gcm.decrypt_inout_detached(
-                    &n12,
-                    &aad,
-                    InOutBuf::new(ct, &mut out[..n]).expect("equal lengths"),
-                    &tag,
-                )
-                .map_err(|_| {
-                    out[..n].fill(0);
-                    CryptoError::Auth(ContentPart::Chunk(index))
-                })?;
+                let n12 = Nonce::try_assume_unique_for_key(&data[..12]).expect("12 bytes");
+                let tag = Tag::try_from(tag).expect("16 bytes");
+                let body = &mut out[..n];
+                body.copy_from_slice(ct);
+                if gcm
+                    .key()
+                    .open_in_place_separate_tag(n12, Aad::from(aad), tag, body, 0..)
+                    .is_err()
+                {
+                    body.fill(0);
+                    return Err(CryptoError::Auth(ContentPart::Chunk(index)));
+                }
             }
             ChunkKey::Ctr(key) => {
                 let expected = self.ctr_chunk_mac(header, index, &data[..nl + n]);
