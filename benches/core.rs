@@ -35,12 +35,15 @@ fn chunks(c: &mut Criterion) {
         let gcm = aes_gcm::Aes256Gcm::new_from_slice(&[7u8; 32]).expect("32-byte key");
         let mut buf = vec![0x5au8; CHUNK_SIZE];
         let nonce = aes_gcm::Nonce::from([3u8; 12]);
-        group.bench_function(BenchmarkId::new("encrypt", "aes-gcm crate (baseline)"), |b| {
-            b.iter(|| {
-                gcm.encrypt_inout_detached(&nonce, &[1u8; 20], buf.as_mut_slice().into())
-                    .expect("within limits")
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("encrypt", "aes-gcm crate (baseline)"),
+            |b| {
+                b.iter(|| {
+                    gcm.encrypt_inout_detached(&nonce, &[1u8; 20], buf.as_mut_slice().into())
+                        .expect("within limits")
+                })
+            },
+        );
     }
     group.finish();
 }

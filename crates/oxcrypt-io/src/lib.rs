@@ -17,6 +17,7 @@
 //! file's sequential or random reads are decrypted on every core. tokio-uring stays behind this module's small interface
 //! ([`Engine::submit`]); nothing else in the project names it.
 
+mod inline;
 mod sync_worker;
 mod uring_worker;
 
@@ -63,6 +64,9 @@ pub struct EngineConfig {
     pub buffers_per_worker: usize,
     /// Use unregistered (plain heap) buffers with io_uring: the ablation of buffer registration.
     pub unregistered_buffers: bool,
+    /// Answer reads of files without a pending change in the submitting thread (see
+    /// `inline.rs`) instead of on a worker.
+    pub inline_reads: bool,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +76,7 @@ impl Default for EngineConfig {
             workers: 0,
             buffers_per_worker: 8,
             unregistered_buffers: false,
+            inline_reads: true,
         }
     }
 }
@@ -194,6 +199,8 @@ pub struct Engine {
     senders: Vec<UnboundedSender<Job>>,
     /// Round-robin position for reads that may go to any worker.
     next_reader: AtomicUsize,
+    inline_reads: bool,
+    registered: bool,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -288,6 +295,8 @@ impl Engine {
             mode,
             senders,
             next_reader: AtomicUsize::new(0),
+            inline_reads: config.inline_reads,
+            registered: !config.unregistered_buffers,
             threads,
         };
         for _ in 0..workers {
@@ -312,9 +321,30 @@ impl Engine {
         self.mode
     }
 
-    /// Queues a job: changes on the file's home worker, reads on any worker unless a change
-    /// of the file is pending, and `Close` on every worker that had a job of the file.
+    /// Runs or queues a job. A read of a file without a pending change is answered in the
+    /// calling thread (`inline.rs`), or, with inline reads off, on the next worker in turn;
+    /// changes, and reads behind them, go to the file's home worker; `Close` goes to every
+    /// worker that had a job of the file.
     pub fn submit(&self, job: Job) {
+        let job = match job {
+            Job::Read {
+                file,
+                offset,
+                len,
+                done,
+            } if self.inline_reads && file.changes_pending.load(Ordering::Acquire) == 0 => {
+                match inline::read(self.mode, self.registered, &file, offset, len, done) {
+                    None => return,
+                    Some(done) => Job::Read {
+                        file,
+                        offset,
+                        len,
+                        done,
+                    },
+                }
+            }
+            other => other,
+        };
         let n = self.senders.len();
         let home = (job.file_id() % n as u64) as usize;
         let worker = match &job {

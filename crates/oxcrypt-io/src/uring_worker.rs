@@ -19,7 +19,7 @@ use tokio_uring::fs::File as UringFile;
 use crate::{Job, OpenFile};
 
 /// A request buffer: up to BATCH_CHUNKS + 1 ciphertext chunks (an unaligned 1 MiB request).
-const REQUEST_BUF: usize = (BATCH_CHUNKS as usize + 1) * MAX_CHUNK_CIPHERTEXT;
+pub(crate) const REQUEST_BUF: usize = (BATCH_CHUNKS as usize + 1) * MAX_CHUNK_CIPHERTEXT;
 /// A chunk buffer: one ciphertext chunk (the edges of a read-modify-write).
 const CHUNK_BUF: usize = MAX_CHUNK_CIPHERTEXT;
 
