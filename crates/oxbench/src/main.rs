@@ -141,6 +141,7 @@ fn run(cli: Cli) -> Result<()> {
                 Target::oxcrypt_variant("unregistered-bufs", &bin, &["--unregistered-buffers"]),
                 Target::oxcrypt_variant("metadata-on-thread", &bin, &["--metadata-on-thread"]),
                 Target::oxcrypt_variant("heap-not-arena", &bin, &["--no-arena"]),
+                Target::oxcrypt_variant("io-on-workers", &bin, &["--io-on-workers"]),
             ];
             match system_alloc_oxcrypt {
                 Some(p) => list.push(Target::oxcrypt_variant("system-alloc", &p, &[])),

@@ -282,10 +282,10 @@ enum Command {
         /// Benchmark ablation: io_uring with unregistered heap buffers.
         #[arg(long, hide = true)]
         unregistered_buffers: bool,
-        /// Benchmark ablation: hand every read to an I/O worker instead of answering it in the
-        /// FUSE thread.
+        /// Benchmark ablation: hand every read and write to an I/O worker instead of doing it
+        /// in the FUSE thread.
         #[arg(long, hide = true)]
-        reads_on_workers: bool,
+        io_on_workers: bool,
         /// Benchmark ablation: answer metadata calls on a spawned thread instead of inline.
         #[arg(long, hide = true)]
         metadata_on_thread: bool,
@@ -403,7 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             daemon,
             cache_ms,
             unregistered_buffers,
-            reads_on_workers,
+            io_on_workers,
             metadata_on_thread,
             read_ahead_kb,
             writeback_cache,
@@ -424,7 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 daemon,
                 ttl_ms: cache_ms,
                 unregistered_buffers,
-                reads_on_workers,
+                io_on_workers,
                 metadata_on_thread,
                 read_ahead_kb,
                 writeback_cache,

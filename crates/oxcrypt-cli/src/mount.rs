@@ -25,7 +25,7 @@ pub struct MountArgs<'a> {
     pub daemon: bool,
     pub ttl_ms: u64,
     pub unregistered_buffers: bool,
-    pub reads_on_workers: bool,
+    pub io_on_workers: bool,
     pub metadata_on_thread: bool,
     pub read_ahead_kb: u32,
     pub writeback_cache: bool,
@@ -78,7 +78,7 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
         engine: EngineConfig {
             mode: args.io,
             unregistered_buffers: args.unregistered_buffers,
-            inline_reads: !args.reads_on_workers,
+            inline_io: !args.io_on_workers,
             ..EngineConfig::default()
         },
         ttl: Duration::from_millis(args.ttl_ms),

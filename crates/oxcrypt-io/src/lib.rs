@@ -64,9 +64,9 @@ pub struct EngineConfig {
     pub buffers_per_worker: usize,
     /// Use unregistered (plain heap) buffers with io_uring: the ablation of buffer registration.
     pub unregistered_buffers: bool,
-    /// Answer reads of files without a pending change in the submitting thread (see
-    /// `inline.rs`) instead of on a worker.
-    pub inline_reads: bool,
+    /// Do reads and writes of files without a pending truncate or fsync in the submitting
+    /// thread (see `inline.rs`) instead of on a worker.
+    pub inline_io: bool,
 }
 
 impl Default for EngineConfig {
@@ -76,7 +76,7 @@ impl Default for EngineConfig {
             workers: 0,
             buffers_per_worker: 8,
             unregistered_buffers: false,
-            inline_reads: true,
+            inline_io: true,
         }
     }
 }
@@ -199,7 +199,7 @@ pub struct Engine {
     senders: Vec<UnboundedSender<Job>>,
     /// Round-robin position for reads that may go to any worker.
     next_reader: AtomicUsize,
-    inline_reads: bool,
+    inline_io: bool,
     registered: bool,
     threads: Vec<JoinHandle<()>>,
 }
@@ -295,7 +295,7 @@ impl Engine {
             mode,
             senders,
             next_reader: AtomicUsize::new(0),
-            inline_reads: config.inline_reads,
+            inline_io: config.inline_io,
             registered: !config.unregistered_buffers,
             threads,
         };
@@ -321,10 +321,10 @@ impl Engine {
         self.mode
     }
 
-    /// Runs or queues a job. A read of a file without a pending change is answered in the
-    /// calling thread (`inline.rs`), or, with inline reads off, on the next worker in turn;
-    /// changes, and reads behind them, go to the file's home worker; `Close` goes to every
-    /// worker that had a job of the file.
+    /// Runs or queues a job. Reads and writes of a file without a pending truncate or fsync
+    /// are done in the calling thread (`inline.rs`); with that off, reads go to the next worker
+    /// in turn. Changes, and reads behind them, go to the file's home worker; `Close` goes to
+    /// every worker that had a job of the file.
     pub fn submit(&self, job: Job) {
         let job = match job {
             Job::Read {
@@ -332,13 +332,29 @@ impl Engine {
                 offset,
                 len,
                 done,
-            } if self.inline_reads && file.changes_pending.load(Ordering::Acquire) == 0 => {
+            } if self.inline_io && file.changes_pending.load(Ordering::Acquire) == 0 => {
                 match inline::read(self.mode, self.registered, &file, offset, len, done) {
                     None => return,
                     Some(done) => Job::Read {
                         file,
                         offset,
                         len,
+                        done,
+                    },
+                }
+            }
+            Job::Write {
+                file,
+                offset,
+                data,
+                done,
+            } if self.inline_io && file.changes_pending.load(Ordering::Acquire) == 0 => {
+                match inline::write(self.mode, self.registered, &file, offset, &data) {
+                    Some(r) => return done(r),
+                    None => Job::Write {
+                        file,
+                        offset,
+                        data,
                         done,
                     },
                 }
