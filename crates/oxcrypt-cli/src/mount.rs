@@ -79,6 +79,8 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
             mode: args.io,
             unregistered_buffers: args.unregistered_buffers,
             inline_io: !args.io_on_workers,
+            // Workers doing all the I/O get the pool they had before inline I/O.
+            buffers_per_worker: if args.io_on_workers { 8 } else { 2 },
             ..EngineConfig::default()
         },
         ttl: Duration::from_millis(args.ttl_ms),

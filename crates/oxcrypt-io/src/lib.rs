@@ -74,7 +74,8 @@ impl Default for EngineConfig {
         EngineConfig {
             mode: None,
             workers: 0,
-            buffers_per_worker: 8,
+            // Workers see only truncates, fsyncs and the reads and writes queued behind them.
+            buffers_per_worker: 2,
             unregistered_buffers: false,
             inline_io: true,
         }
