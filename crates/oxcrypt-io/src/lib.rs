@@ -1,21 +1,22 @@
 //! # oxcrypt-io
 //!
-//! The chunk I/O engine of the mount. Worker threads (one per core by default) take read,
-//! write, truncate and fsync jobs for open files and answer them through a completion callback
-//! from the worker itself:
+//! The chunk I/O engine of the mount. Reads and writes are done in the thread that submits
+//! them (a FUSE session thread) through that thread's own small io_uring ring with a
+//! registered request buffer (`inline.rs`): on a 2-vCPU machine the hand-off to another
+//! thread cost more than the I/O. Worker threads (one per core by default) take truncates, fsyncs and the reads and writes that arrive while one of those is
+//! pending for the same file, and answer through a completion callback from the worker:
 //!
 //! - [`IoMode::Uring`]: each worker runs a tokio-uring runtime (one ring) with a registered pool
 //!   of reusable buffers: request-sized ones (33 ciphertext chunks, one fixed read or write per
 //!   FUSE request) and chunk-sized ones (the edge chunks of a read-modify-write). Ciphertext
-//!   is decrypted straight from the registered buffer into the worker's reply buffer.
-//! - [`IoMode::Sync`]: the same workers doing blocking `pread`/`pwrite`, chosen with
-//!   `--io sync` or automatically (one log line says why) where io_uring is unavailable.
+//!   is decrypted straight from the registered buffer into the reply buffer.
+//! - [`IoMode::Sync`]: the same split with blocking `pread`/`pwrite`, chosen with `--io sync`
+//!   or automatically (one log line says why) where io_uring is unavailable.
 //!
-//! Changes to one file (writes, truncates, fsyncs) always go to the file's home worker and
-//! take the file's FIFO lock, so they keep their order. A read goes to the home worker too
-//! while a change is pending (so it sees it), and otherwise to the next worker in turn: one
-//! file's sequential or random reads are decrypted on every core. tokio-uring stays behind this module's small interface
-//! ([`Engine::submit`]); nothing else in the project names it.
+//! Changes (writes, truncates, fsyncs) of one file take the file's FIFO lock, so they keep
+//! their order; a read queued behind a pending truncate or fsync sees it. tokio-uring and
+//! io-uring stay behind this module's small interface ([`Engine::submit`]); nothing else in the
+//! project names them.
 
 mod inline;
 mod sync_worker;
