@@ -393,38 +393,26 @@ impl Engine {
                 offset,
                 data,
                 done,
-            } => {
-                let f = Self::change_started(&file);
-                Job::Write {
-                    file,
-                    offset,
-                    data,
-                    done: Box::new(move |r| {
-                        f.changes_pending.fetch_sub(1, Ordering::Release);
-                        done(r)
-                    }),
-                }
-            }
-            Job::SetLen { file, size, done } => {
-                let f = Self::change_started(&file);
-                Job::SetLen {
-                    file,
-                    size,
-                    done: Self::change_done(f, done),
-                }
-            }
+            } => Job::Write {
+                done: Self::track_change(&file, done),
+                file,
+                offset,
+                data,
+            },
+            Job::SetLen { file, size, done } => Job::SetLen {
+                done: Self::track_change(&file, done),
+                file,
+                size,
+            },
             Job::Sync {
                 file,
                 datasync,
                 done,
-            } => {
-                let f = Self::change_started(&file);
-                Job::Sync {
-                    file,
-                    datasync,
-                    done: Self::change_done(f, done),
-                }
-            }
+            } => Job::Sync {
+                done: Self::track_change(&file, done),
+                file,
+                datasync,
+            },
             other => other,
         };
         if let Err(failed) = self.senders[worker].send(job) {
@@ -433,14 +421,14 @@ impl Engine {
         }
     }
 
-    fn change_started(file: &Arc<OpenFile>) -> Arc<OpenFile> {
+    /// Counts a change of `file` as pending until its completion runs: the count drops before
+    /// the caller hears of it, so a read it triggers need not queue behind it.
+    fn track_change<T: 'static>(
+        file: &Arc<OpenFile>,
+        done: Box<dyn FnOnce(Result<T, i32>) + Send>,
+    ) -> Box<dyn FnOnce(Result<T, i32>) + Send> {
         file.changes_pending.fetch_add(1, Ordering::AcqRel);
-        file.clone()
-    }
-
-    /// Wraps a change's completion: the change stops counting as pending before the caller
-    /// hears of it, so a read it triggers may go to any worker.
-    fn change_done(file: Arc<OpenFile>, done: Done) -> Done {
+        let file = file.clone();
         Box::new(move |r| {
             file.changes_pending.fetch_sub(1, Ordering::Release);
             done(r)
