@@ -569,11 +569,12 @@ fn mount_and_offline_cli_agree_both_ways() {
     assert!(m2.unmount().success());
 }
 
+/// The fixture vaults: `$OXCRYPT_FIXTURES` if set, else `fixtures/` in this repository.
 fn fixtures_dir() -> PathBuf {
     std::env::var("OXCRYPT_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
         })
 }
 

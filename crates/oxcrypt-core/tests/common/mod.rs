@@ -8,13 +8,12 @@ use oxcrypt_core::vault::FileType;
 use oxcrypt_core::Vault;
 use sha2::{Digest, Sha256};
 
-/// The shared fixtures directory (`../shared/fixtures` beside the repository, or
-/// `$OXCRYPT_FIXTURES`).
+/// The fixture vaults: `$OXCRYPT_FIXTURES` if set, else `fixtures/` in this repository.
 pub fn fixtures_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("OXCRYPT_FIXTURES") {
         return PathBuf::from(dir);
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
     assert!(
         dir.join("fixtures.json").is_file(),
         "fixtures not found at {}",
