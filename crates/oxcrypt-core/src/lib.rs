@@ -5,18 +5,24 @@
 //! SIV_CTRMAC, and a thread-safe [`Vault`] API over a ciphertext directory.
 //!
 //! Reading order: [`keys`] → [`masterkey_file`] → [`config`] → [`names`] → [`content`] →
-//! [`vault`] → [`check`].
+//! [`node`] → [`vault`] → [`tree`] →
+//! [`chunks`] → [`chunk_io`] → [`file`] → [`check`].
 
 pub mod check;
+pub mod chunk_io;
 pub mod chunks;
 pub mod config;
 pub mod content;
+pub mod dir_cache;
 pub mod error;
+pub mod file;
 pub mod fsutil;
 pub mod keys;
 pub mod masterkey_file;
 pub mod names;
+pub mod node;
 pub mod random;
+pub mod tree;
 pub mod vault;
 
 pub use config::VaultConfig;

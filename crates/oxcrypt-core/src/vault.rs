@@ -1,45 +1,34 @@
-//! The vault API: open or create a vault, resolve cleartext paths, list, stat, read and write
-//! files chunk by chunk, and change the tree (create, mkdir, symlink, rename, remove).
+//! The vault: open or create one, change its password, resolve cleartext paths, look names
+//! up, list and stat directories, read symlinks, and open files. Changes to the tree are in
+//! [`tree`](crate::tree); open files in [`file`](crate::file).
 //!
 //! Every method takes `&self` and is safe to call from many threads at once. Directory ids are
 //! cached in a [`DirIdCache`] (DashMap); file content never passes through a whole-file buffer.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::sync::Arc;
 
 use bumpalo::Bump;
-use dashmap::DashMap;
 
-use crate::chunks::{EdgeContents, ReadPlan, WritePlan};
 use crate::config::{VaultConfig, CONFIG_FILE, MASTERKEY_FILE};
-use crate::content::{CipherCombo, ContentCryptor, FileHeader, CHUNK_SIZE};
+use crate::content::{CipherCombo, ContentCryptor};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
-use crate::fsutil::{sync_dir, write_atomic};
+use crate::fsutil::write_atomic;
 use crate::keys::MasterKeys;
 use crate::masterkey_file::{MasterkeyFile, DEFAULT_SCRYPT_COST};
 use crate::names::{normalize_name, normalize_name_in, NameCodec, C9R, C9S};
 
-/// A directory id: `""` for the root, a UUID string otherwise.
-pub type DirId = Arc<str>;
-
-/// File in a directory node holding the child's directory id.
-pub const DIR_FILE: &str = "dir.c9r";
-/// File in a symlink node holding the encrypted target.
-pub const SYMLINK_FILE: &str = "symlink.c9r";
-/// File in a shortened node holding the content of a regular file.
-pub const CONTENTS_FILE: &str = "contents.c9r";
-/// File in a shortened node holding the full ciphertext name.
-pub const NAME_FILE: &str = "name.c9s";
-/// Encrypted backup of a content directory's own id.
-pub const DIRID_FILE: &str = "dirid.c9r";
-/// Longest symlink target accepted (Cryptomator's limit).
-pub const MAX_SYMLINK_TARGET: usize = 32767;
-/// Chunks read or written per system call by [`FileHandle`] (1 MiB of cleartext).
-pub const BATCH_CHUNKS: u64 = 32;
+pub use crate::chunk_io::BATCH_CHUNKS;
+pub use crate::dir_cache::DirIdCache;
+pub use crate::file::{FileHandle, SetLen, WriteAt};
+use crate::node::attr_from;
+pub use crate::node::{
+    Attr, DirId, FileType, Node, NodeKind, CONTENTS_FILE, DIRID_FILE, DIR_FILE, MAX_SYMLINK_TARGET,
+    NAME_FILE, SYMLINK_FILE,
+};
 
 /// Options of [`Vault::create`].
 #[derive(Debug, Clone)]
@@ -59,163 +48,15 @@ impl Default for CreateOptions {
     }
 }
 
-/// What a node is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeKind {
-    /// A regular file.
-    File,
-    /// A directory with this id.
-    Directory(DirId),
-    /// A symbolic link.
-    Symlink,
-}
-
-/// A cleartext entry of a directory and where it lives in the ciphertext tree.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Node {
-    /// Cleartext name (empty for the root).
-    pub name: String,
-    /// Kind, with the directory id for directories.
-    pub kind: NodeKind,
-    /// The `….c9r` or `….c9s` entry in the parent's content directory (the root's content
-    /// directory for the root).
-    pub entry: PathBuf,
-    /// Whether the entry is a shortened `.c9s` node.
-    pub shortened: bool,
-}
-
-impl std::fmt::Debug for Node {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The cleartext name stays out of Debug output (it ends up in logs).
-        f.debug_struct("Node")
-            .field("kind", &self.kind)
-            .field("entry", &self.entry)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Node {
-    /// The ciphertext file holding this node's payload: file content, symlink target or the
-    /// `dir.c9r` of a directory.
-    pub fn payload_path(&self) -> PathBuf {
-        match (&self.kind, self.shortened) {
-            (NodeKind::File, false) => self.entry.clone(),
-            (NodeKind::File, true) => self.entry.join(CONTENTS_FILE),
-            (NodeKind::Directory(_), _) => self.entry.join(DIR_FILE),
-            (NodeKind::Symlink, _) => self.entry.join(SYMLINK_FILE),
-        }
-    }
-
-    /// The directory id if this node is a directory.
-    pub fn dir_id(&self) -> Option<&DirId> {
-        match &self.kind {
-            NodeKind::Directory(id) => Some(id),
-            _ => None,
-        }
-    }
-
-    /// Whether this is a directory.
-    pub fn is_dir(&self) -> bool {
-        matches!(self.kind, NodeKind::Directory(_))
-    }
-}
-
-/// File type reported by [`Attr`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileType {
-    /// Regular file.
-    File,
-    /// Directory.
-    Directory,
-    /// Symbolic link.
-    Symlink,
-}
-
-/// Cleartext attributes of a node: size is the cleartext size, the rest comes from the
-/// ciphertext file (the content directory for directories).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Attr {
-    /// File type.
-    pub kind: FileType,
-    /// Cleartext size in bytes (target length for symlinks).
-    pub size: u64,
-    /// Permission bits (without the file type).
-    pub perm: u32,
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Link count.
-    pub nlink: u32,
-    /// Last access.
-    pub atime: SystemTime,
-    /// Last modification.
-    pub mtime: SystemTime,
-    /// Last status change.
-    pub ctime: SystemTime,
-    /// Inode number of the ciphertext file (unique within the backing file system).
-    pub ino: u64,
-}
-
-fn time(secs: i64, nsecs: i64) -> SystemTime {
-    if secs >= 0 {
-        SystemTime::UNIX_EPOCH + std::time::Duration::new(secs as u64, nsecs as u32)
-    } else {
-        SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(secs.unsigned_abs())
-    }
-}
-
-fn attr_from(kind: FileType, size: u64, nlink: u32, md: &fs::Metadata) -> Attr {
-    Attr {
-        kind,
-        size,
-        // Symlink permissions are meaningless on Linux and always shown as 0777.
-        perm: if kind == FileType::Symlink {
-            0o777
-        } else {
-            md.mode() & 0o7777
-        },
-        uid: md.uid(),
-        gid: md.gid(),
-        nlink,
-        atime: time(md.atime(), md.atime_nsec()),
-        mtime: time(md.mtime(), md.mtime_nsec()),
-        ctime: time(md.ctime(), md.ctime_nsec()),
-        ino: md.ino(),
-    }
-}
-
-/// Caches of directory ids: id → content directory, and (parent, name) → child id.
-#[derive(Debug, Default)]
-pub struct DirIdCache {
-    content_dirs: DashMap<DirId, PathBuf>,
-    children: DashMap<(DirId, String), DirId>,
-    /// Subdirectory counts (for directory link counts), with the time they were counted.
-    subdirs: DashMap<DirId, (u32, std::time::Instant)>,
-}
-
-impl DirIdCache {
-    /// Adjusts a cached subdirectory count after a change made through this vault.
-    fn subdirs_changed(&self, dir: &DirId, delta: i32) {
-        if let Some(mut e) = self.subdirs.get_mut(dir) {
-            e.0 = e.0.saturating_add_signed(delta);
-        }
-    }
-
-    fn forget_child(&self, parent: &DirId, name: &str) {
-        self.children.remove(&(parent.clone(), name.to_string()));
-    }
-}
-
 /// An unlocked vault.
 pub struct Vault {
-    path: PathBuf,
-    config: VaultConfig,
-    keys: MasterKeys,
-    names: NameCodec,
-    content: Arc<ContentCryptor>,
-    cache: DirIdCache,
-    root: DirId,
+    pub(crate) path: PathBuf,
+    pub(crate) config: VaultConfig,
+    pub(crate) keys: MasterKeys,
+    pub(crate) names: NameCodec,
+    pub(crate) content: Arc<ContentCryptor>,
+    pub(crate) cache: DirIdCache,
+    pub(crate) root: DirId,
 }
 
 impl std::fmt::Debug for Vault {
@@ -227,7 +68,7 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
+pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     let f = File::open(path).at(path)?;
     let len = f.metadata().at(path)?.len();
     if len > limit {
@@ -239,7 +80,7 @@ fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
     fs::read(path).at(path)
 }
 
-fn is_not_found(e: &std::io::Error) -> bool {
+pub(crate) fn is_not_found(e: &std::io::Error) -> bool {
     e.kind() == ErrorKind::NotFound
 }
 
@@ -379,30 +220,18 @@ impl Vault {
         }
     }
 
-    /// The cached content directory of `dir_id`, borrowed from the cache.
-    fn content_dir_ref(&self, dir_id: &DirId) -> dashmap::mapref::one::Ref<'_, DirId, PathBuf> {
-        if let Some(p) = self.cache.content_dirs.get(dir_id) {
-            return p;
-        }
-        self.content_dir(dir_id);
-        self.cache
-            .content_dirs
-            .get(dir_id)
-            .expect("inserted by content_dir")
-    }
-
     /// `<vault>/d/XX/YYYY…` for a directory id (cached).
     pub fn content_dir(&self, dir_id: &DirId) -> PathBuf {
-        if let Some(p) = self.cache.content_dirs.get(dir_id) {
+        if let Some(p) = self.cache.content_dir(dir_id) {
             return p.clone();
         }
         let hash = self.names.hash_dir_id(dir_id);
         let p = self.path.join("d").join(&hash[..2]).join(&hash[2..]);
-        self.cache.content_dirs.insert(dir_id.clone(), p.clone());
+        self.cache.put_content_dir(dir_id.clone(), p.clone());
         p
     }
 
-    fn create_content_dir(&self, dir_id: &DirId) -> Result<PathBuf> {
+    pub(crate) fn create_content_dir(&self, dir_id: &DirId) -> Result<PathBuf> {
         let dir = self.content_dir(dir_id);
         fs::create_dir_all(&dir).at(&dir)?;
         // Like cryptofs ≥ 2.4.2 / cryptolib ≥ 2.2.1: the backup always ends with a chunk, an
@@ -423,7 +252,7 @@ impl Vault {
     }
 
     /// The entry path a name would have in `parent`, and whether it is shortened.
-    fn entry_for(&self, parent: &DirId, name: &str) -> (PathBuf, bool, String) {
+    pub(crate) fn entry_for(&self, parent: &DirId, name: &str) -> (PathBuf, bool, String) {
         let c9r = self.names.encrypt_name(parent, name);
         let dir = self.content_dir(parent);
         if self.names.must_shorten(&c9r) {
@@ -433,7 +262,7 @@ impl Vault {
         }
     }
 
-    fn classify(
+    pub(crate) fn classify(
         &self,
         name: String,
         entry: PathBuf,
@@ -494,9 +323,9 @@ impl Vault {
         let c9r = self.names.encrypt_name_in(parent, nfc, bump);
         let shortened = self.names.must_shorten(c9r);
         let mut entry = bumpalo::collections::String::new_in(bump);
-        {
-            let dir = self.content_dir_ref(parent);
-            entry.push_str(&dir.to_string_lossy());
+        match self.cache.content_dir(parent) {
+            Some(dir) => entry.push_str(&dir.to_string_lossy()),
+            None => entry.push_str(&self.content_dir(parent).to_string_lossy()),
         }
         entry.push('/');
         entry.push_str(if shortened {
@@ -513,8 +342,7 @@ impl Vault {
         let node = self.classify(nfc.to_string(), entry.to_path_buf(), shortened, md.is_dir())?;
         if let NodeKind::Directory(id) = &node.kind {
             self.cache
-                .children
-                .insert((parent.clone(), node.name.clone()), id.clone());
+                .put_child(parent.clone(), node.name.clone(), id.clone());
         }
         Ok(Some(node))
     }
@@ -533,9 +361,8 @@ impl Vault {
             walked.push_str(component);
             let last = components.peek().is_none();
             if !last {
-                let key = (dir.clone(), component.to_string());
-                if let Some(child) = self.cache.children.get(&key) {
-                    dir = child.clone();
+                if let Some(child) = self.cache.child(&dir, component) {
+                    dir = child;
                     continue;
                 }
             }
@@ -675,15 +502,13 @@ impl Vault {
     /// Subdirectories of `id`, counted at most once a second (changes made through this vault
     /// adjust the count; others show within a second).
     fn subdir_count(&self, id: &DirId, content_dir: &Path) -> u32 {
-        if let Some(e) = self.cache.subdirs.get(id) {
+        if let Some(e) = self.cache.subdirs(id) {
             if e.1.elapsed() < std::time::Duration::from_secs(1) {
                 return e.0;
             }
         }
         let n = self.count_subdirs(content_dir);
-        self.cache
-            .subdirs
-            .insert(id.clone(), (n, std::time::Instant::now()));
+        self.cache.put_subdirs(id.clone(), n);
         n
     }
 
@@ -698,7 +523,7 @@ impl Vault {
             .count() as u32
     }
 
-    fn cleartext_size_of(&self, path: &Path, len: u64) -> Result<u64> {
+    pub(crate) fn cleartext_size_of(&self, path: &Path, len: u64) -> Result<u64> {
         let combo = self.content.combo();
         combo.cleartext_size(len).ok_or_else(|| {
             let last =
@@ -729,147 +554,6 @@ impl Vault {
 
     /// Creates an empty regular file `name` in `parent` with permission `mode`; fails if
     /// the name exists.
-    pub fn create_file(&self, parent: &DirId, name: &str, mode: u32) -> Result<Node> {
-        self.create_open(parent, name, mode, None)
-            .map(|(node, _, _)| node)
-    }
-
-    /// Creates an empty regular file like [`Vault::create_file`] and returns it already open
-    /// for reading and writing, with its attributes: one `open`, one header write and one
-    /// `fstat` (plus a best-effort `fchown` when `owner` differs from what the new file got).
-    pub fn create_open(
-        &self,
-        parent: &DirId,
-        name: &str,
-        mode: u32,
-        owner: Option<(u32, u32)>,
-    ) -> Result<(Node, FileHandle, Attr)> {
-        let name = normalize_name(name)?;
-        let (entry, shortened, c9r) = self.entry_for(parent, &name);
-        if shortened {
-            // A plain entry is refused by O_EXCL below; a shortened one is a directory.
-            self.ensure_absent(&entry, &name)?;
-            self.make_shortened_entry(&entry, &c9r)?;
-        }
-        let node = Node {
-            name,
-            kind: NodeKind::File,
-            entry,
-            shortened,
-        };
-        let path = node.payload_path();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => Error::AlreadyExists(node.name.clone()),
-                _ => Error::io(&path, e),
-            })?;
-        let header = self.content.new_header();
-        let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
-        let hl = self.content.combo().header_len();
-        self.content.encrypt_header(&header, &mut buf);
-        file.write_all_at(&buf[..hl], 0).at(&path)?;
-        let mut md = file.metadata().at(&path)?;
-        if let Some((uid, gid)) = owner {
-            // Best effort, as for any node: an unprivileged daemon cannot give files away.
-            if (md.uid(), md.gid()) != (uid, gid)
-                && std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).is_ok()
-            {
-                md = file.metadata().at(&path)?;
-            }
-        }
-        let attr = attr_from(FileType::File, 0, md.nlink() as u32, &md);
-        let handle = FileHandle {
-            file,
-            path,
-            content: self.content.clone(),
-            header: RwLock::new(Some(Arc::new(header))),
-        };
-        Ok((node, handle, attr))
-    }
-
-    fn ensure_absent(&self, entry: &Path, name: &str) -> Result<()> {
-        match fs::symlink_metadata(entry) {
-            Ok(_) => Err(Error::AlreadyExists(name.to_string())),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(Error::io(entry, e)),
-        }
-    }
-
-    fn make_shortened_entry(&self, entry: &Path, c9r: &str) -> Result<()> {
-        fs::create_dir(entry).at(entry)?;
-        let name_file = entry.join(NAME_FILE);
-        fs::write(&name_file, c9r.as_bytes()).at(&name_file)
-    }
-
-    /// Creates directory `name` in `parent` with permission `mode`.
-    pub fn mkdir(&self, parent: &DirId, name: &str, mode: u32) -> Result<Node> {
-        let name = normalize_name(name)?;
-        let (entry, shortened, c9r) = self.entry_for(parent, &name);
-        self.ensure_absent(&entry, &name)?;
-        let id: DirId = Arc::from(
-            uuid::Builder::from_random_bytes(crate::random::bytes())
-                .into_uuid()
-                .to_string(),
-        );
-        let content_dir = self.create_content_dir(&id)?;
-        fs::set_permissions(
-            &content_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-        )
-        .at(&content_dir)?;
-        if shortened {
-            self.make_shortened_entry(&entry, &c9r)?;
-        } else {
-            fs::create_dir(&entry).map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => Error::AlreadyExists(name.clone()),
-                _ => Error::io(&entry, e),
-            })?;
-        }
-        let dir_file = entry.join(DIR_FILE);
-        fs::write(&dir_file, id.as_bytes()).at(&dir_file)?;
-        self.cache
-            .children
-            .insert((parent.clone(), name.clone()), id.clone());
-        self.cache.subdirs_changed(parent, 1);
-        Ok(Node {
-            name,
-            kind: NodeKind::Directory(id),
-            entry,
-            shortened,
-        })
-    }
-
-    /// Creates symlink `name` in `parent` pointing to `target`.
-    pub fn symlink(&self, parent: &DirId, name: &str, target: &str) -> Result<Node> {
-        let name = normalize_name(name)?;
-        if target.is_empty() || target.len() > MAX_SYMLINK_TARGET || target.contains('\0') {
-            return Err(Error::Invalid(format!(
-                "symlink target must be 1 to {MAX_SYMLINK_TARGET} bytes without NUL"
-            )));
-        }
-        let (entry, shortened, c9r) = self.entry_for(parent, &name);
-        self.ensure_absent(&entry, &name)?;
-        if shortened {
-            self.make_shortened_entry(&entry, &c9r)?;
-        } else {
-            fs::create_dir(&entry).at(&entry)?;
-        }
-        let node = Node {
-            name,
-            kind: NodeKind::Symlink,
-            entry,
-            shortened,
-        };
-        let path = node.payload_path();
-        fs::write(&path, self.content.encrypt_small(target.as_bytes())).at(&path)?;
-        Ok(node)
-    }
-
     /// The target of a symlink node.
     pub fn readlink(&self, node: &Node) -> Result<String> {
         if node.kind != NodeKind::Symlink {
@@ -918,208 +602,6 @@ impl Vault {
             })
     }
 
-    fn remove_entry(&self, node: &Node) -> Result<()> {
-        if node.kind == NodeKind::File && !node.shortened {
-            fs::remove_file(&node.entry).at(&node.entry)
-        } else {
-            fs::remove_dir_all(&node.entry).at(&node.entry)
-        }
-    }
-
-    /// Removes a file or symlink `name` from `parent`.
-    pub fn unlink(&self, parent: &DirId, name: &str) -> Result<()> {
-        let node = self
-            .lookup(parent, name)?
-            .ok_or_else(|| Error::NotFound(name.to_string()))?;
-        if node.is_dir() {
-            return Err(Error::IsADirectory(node.name));
-        }
-        self.remove_entry(&node)
-    }
-
-    /// Whether a directory has no entries (its `dirid.c9r` does not count).
-    pub fn is_empty_dir(&self, dir: &DirId) -> Result<bool> {
-        let content_dir = self.content_dir(dir);
-        let mut rd = match fs::read_dir(&content_dir) {
-            Ok(rd) => rd,
-            Err(e) if is_not_found(&e) => return Ok(true),
-            Err(e) => return Err(Error::io(&content_dir, e)),
-        };
-        Ok(!rd.any(|e| e.map(|e| e.file_name() != DIRID_FILE).unwrap_or(true)))
-    }
-
-    /// Removes the empty directory `name` from `parent`.
-    pub fn rmdir(&self, parent: &DirId, name: &str) -> Result<()> {
-        let node = self
-            .lookup(parent, name)?
-            .ok_or_else(|| Error::NotFound(name.to_string()))?;
-        let NodeKind::Directory(id) = &node.kind else {
-            return Err(Error::NotADirectory(node.name));
-        };
-        if !self.is_empty_dir(id)? {
-            return Err(Error::NotEmpty(node.name));
-        }
-        self.remove_dir_node(parent, &node, id)
-    }
-
-    fn remove_dir_node(&self, parent: &DirId, node: &Node, id: &DirId) -> Result<()> {
-        // Unlink the entry first: a crash afterwards leaves an orphan content directory,
-        // never a directory that lists entries it cannot show.
-        self.remove_entry(node)?;
-        self.cache.forget_child(parent, &node.name);
-        self.cache.subdirs_changed(parent, -1);
-        let content_dir = self.content_dir(id);
-        match fs::remove_dir_all(&content_dir) {
-            Err(e) if !is_not_found(&e) => Err(Error::io(&content_dir, e)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Renames `src_name` in `src_parent` to `dst_name` in `dst_parent`. An existing target is
-    /// replaced when `replace` is set (a file by a file, an empty directory by a directory),
-    /// otherwise the rename fails with [`Error::AlreadyExists`]. A directory keeps its id.
-    pub fn rename(
-        &self,
-        src_parent: &DirId,
-        src_name: &str,
-        dst_parent: &DirId,
-        dst_name: &str,
-        replace: bool,
-    ) -> Result<()> {
-        let src = self
-            .lookup(src_parent, src_name)?
-            .ok_or_else(|| Error::NotFound(src_name.to_string()))?;
-        let dst_name = normalize_name(dst_name)?;
-        if src_parent == dst_parent && src.name == dst_name {
-            return Ok(());
-        }
-        if let Some(dst) = self.lookup(dst_parent, &dst_name)? {
-            if !replace {
-                return Err(Error::AlreadyExists(dst.name));
-            }
-            match (&src.kind, &dst.kind) {
-                (NodeKind::Directory(_), NodeKind::Directory(dst_id)) => {
-                    if !self.is_empty_dir(dst_id)? {
-                        return Err(Error::NotEmpty(dst.name));
-                    }
-                    self.remove_dir_node(dst_parent, &dst, dst_id)?;
-                }
-                (NodeKind::Directory(_), _) => return Err(Error::NotADirectory(dst.name)),
-                (_, NodeKind::Directory(_)) => return Err(Error::IsADirectory(dst.name)),
-                _ => {
-                    // A plain file over a plain file is replaced atomically by the rename below.
-                    let atomic = src.kind == NodeKind::File
-                        && dst.kind == NodeKind::File
-                        && !src.shortened
-                        && !dst.shortened;
-                    if !atomic {
-                        self.remove_entry(&dst)?;
-                    }
-                }
-            }
-        }
-        let (dst_entry, dst_short, dst_c9r) = self.entry_for(dst_parent, &dst_name);
-        match (src.shortened, dst_short) {
-            (false, false) => fs::rename(&src.entry, &dst_entry).at(&dst_entry)?,
-            (true, true) => {
-                fs::rename(&src.entry, &dst_entry).at(&dst_entry)?;
-                write_atomic(&dst_entry.join(NAME_FILE), dst_c9r.as_bytes(), 0o644)?;
-            }
-            (false, true) | (true, false) => {
-                self.move_between_shapes(&src, &dst_entry, dst_short, &dst_c9r)?;
-            }
-        }
-        self.cache.forget_child(src_parent, &src.name);
-        if let NodeKind::Directory(id) = &src.kind {
-            self.cache
-                .children
-                .insert((dst_parent.clone(), dst_name), id.clone());
-            self.cache.subdirs_changed(src_parent, -1);
-            self.cache.subdirs_changed(dst_parent, 1);
-        }
-        Ok(())
-    }
-
-    /// Swaps two existing nodes (RENAME_EXCHANGE). Supported when both names are stored the
-    /// same way (both shortened or both not); it is three renames, not one atomic step.
-    pub fn exchange(
-        &self,
-        a_parent: &DirId,
-        a_name: &str,
-        b_parent: &DirId,
-        b_name: &str,
-    ) -> Result<()> {
-        let a = self
-            .lookup(a_parent, a_name)?
-            .ok_or_else(|| Error::NotFound(a_name.to_string()))?;
-        let b = self
-            .lookup(b_parent, b_name)?
-            .ok_or_else(|| Error::NotFound(b_name.to_string()))?;
-        if a.entry == b.entry {
-            return Ok(());
-        }
-        if a.shortened != b.shortened {
-            return Err(Error::Invalid(
-                "exchanging a shortened and an unshortened name is not supported".into(),
-            ));
-        }
-        let parent_dir = a.entry.parent().unwrap_or(Path::new("."));
-        let tmp = parent_dir.join(format!(
-            ".oxcrypt-exchange-{:016x}",
-            u64::from_le_bytes(crate::random::bytes())
-        ));
-        fs::rename(&a.entry, &tmp).at(&tmp)?;
-        fs::rename(&b.entry, &a.entry).at(&a.entry)?;
-        fs::rename(&tmp, &b.entry).at(&b.entry)?;
-        if a.shortened {
-            // Each .c9s node keeps the full name of its place, not of its former node.
-            let (_, _, a_c9r) = self.entry_for(a_parent, &a.name);
-            let (_, _, b_c9r) = self.entry_for(b_parent, &b.name);
-            write_atomic(&a.entry.join(NAME_FILE), a_c9r.as_bytes(), 0o644)?;
-            write_atomic(&b.entry.join(NAME_FILE), b_c9r.as_bytes(), 0o644)?;
-        }
-        self.cache.forget_child(a_parent, &a.name);
-        self.cache.forget_child(b_parent, &b.name);
-        self.cache.subdirs.remove(a_parent);
-        self.cache.subdirs.remove(b_parent);
-        Ok(())
-    }
-
-    /// Moves a node whose name becomes (or stops being) shortened.
-    fn move_between_shapes(
-        &self,
-        src: &Node,
-        dst_entry: &Path,
-        dst_short: bool,
-        dst_c9r: &str,
-    ) -> Result<()> {
-        let payload_name = match (&src.kind, dst_short) {
-            (NodeKind::File, true) => CONTENTS_FILE,
-            (NodeKind::File, false) => "",
-            (NodeKind::Directory(_), _) => DIR_FILE,
-            (NodeKind::Symlink, _) => SYMLINK_FILE,
-        };
-        if dst_short {
-            self.make_shortened_entry(dst_entry, dst_c9r)?;
-        } else if !payload_name.is_empty() {
-            fs::create_dir(dst_entry).at(dst_entry)?;
-        }
-        let dst_payload = if payload_name.is_empty() {
-            dst_entry.to_path_buf()
-        } else {
-            dst_entry.join(payload_name)
-        };
-        fs::rename(src.payload_path(), &dst_payload).at(&dst_payload)?;
-        if src.shortened || src.kind != NodeKind::File {
-            fs::remove_dir_all(&src.entry).at(&src.entry)?;
-        }
-        if let Some(parent) = dst_entry.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(())
-    }
-
-    /// Whether directory `ancestor` is `dir` or contains it (walks up through the cache of
     /// known parents by listing; used to refuse moving a directory into itself).
     pub fn path_is_within(path: &str, ancestor: &str) -> bool {
         let clean = |p: &str| -> Vec<String> {
@@ -1153,40 +635,6 @@ impl Vault {
     }
 
     /// Sets the permission bits of a node.
-    pub fn set_perm(&self, node: &Node, perm: u32) -> Result<()> {
-        let path = self.attr_path(node);
-        fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(perm & 0o7777),
-        )
-        .at(&path)
-    }
-
-    /// Sets access and modification times of a node (`None` leaves one unchanged).
-    pub fn set_times(
-        &self,
-        node: &Node,
-        atime: Option<SystemTime>,
-        mtime: Option<SystemTime>,
-    ) -> Result<()> {
-        let path = self.attr_path(node);
-        let f = File::open(&path).at(&path)?;
-        let mut times = fs::FileTimes::new();
-        if let Some(a) = atime {
-            times = times.set_accessed(a);
-        }
-        if let Some(m) = mtime {
-            times = times.set_modified(m);
-        }
-        f.set_times(times).at(&path)
-    }
-
-    /// Changes owner and/or group of a node.
-    pub fn chown(&self, node: &Node, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-        let path = self.attr_path(node);
-        std::os::unix::fs::chown(&path, uid, gid).at(&path)
-    }
-
     /// The ciphertext path whose metadata stands for the node's attributes.
     pub fn attr_path(&self, node: &Node) -> PathBuf {
         match &node.kind {
@@ -1194,271 +642,4 @@ impl Vault {
             _ => node.payload_path(),
         }
     }
-}
-
-/// An open regular file: reads and writes cleartext byte ranges chunk by chunk with blocking
-/// `pread`/`pwrite`.
-///
-/// Reads share a lock, writes take it exclusively, so concurrent callers never see a chunk
-/// half rewritten. Nothing is ever returned from a chunk that failed authentication.
-pub struct FileHandle {
-    file: File,
-    path: PathBuf,
-    content: Arc<ContentCryptor>,
-    header: RwLock<Option<Arc<FileHeader>>>,
-}
-
-impl std::fmt::Debug for FileHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileHandle")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FileHandle {
-    fn open(path: PathBuf, content: Arc<ContentCryptor>, writable: bool) -> Result<FileHandle> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&path)
-            .at(&path)?;
-        let hl = content.combo().header_len();
-        let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
-        let len = file.metadata().at(&path)?.len();
-        let header = if len == 0 {
-            None
-        } else {
-            let n = read_full_at(&file, &mut buf[..hl], 0).at(&path)?;
-            let h = content
-                .decrypt_header(&buf[..n])
-                .map_err(|source| Error::Content {
-                    path: path.clone(),
-                    source,
-                })?;
-            Some(Arc::new(h))
-        };
-        Ok(FileHandle {
-            file,
-            path,
-            content,
-            header: RwLock::new(header),
-        })
-    }
-
-    /// The ciphertext path of this file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The open ciphertext file (for I/O engines that do their own reads and writes).
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    /// The content cryptor.
-    pub fn cryptor(&self) -> &Arc<ContentCryptor> {
-        &self.content
-    }
-
-    /// The decrypted header, `None` while the ciphertext file is still 0 bytes long.
-    pub fn header(&self) -> Option<Arc<FileHeader>> {
-        self.header
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The header, writing a fresh one first if the ciphertext file is 0 bytes long.
-    pub fn ensure_header(&self) -> Result<Arc<FileHeader>> {
-        let mut guard = self.header.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(h) = guard.as_ref() {
-            return Ok(h.clone());
-        }
-        let header = Arc::new(self.content.new_header());
-        let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
-        self.content.encrypt_header(&header, &mut buf);
-        let hl = self.content.combo().header_len();
-        self.file.write_all_at(&buf[..hl], 0).at(&self.path)?;
-        *guard = Some(header.clone());
-        Ok(header)
-    }
-
-    /// Wraps a content failure with this file's path.
-    pub fn content_err(&self, source: CryptoError) -> Error {
-        Error::Content {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// Attributes of the open file from its descriptor (right even after it was unlinked:
-    /// then `nlink` is 0).
-    pub fn attr(&self) -> Result<Attr> {
-        let md = self.file.metadata().at(&self.path)?;
-        let size = self.size()?;
-        Ok(attr_from(FileType::File, size, md.nlink() as u32, &md))
-    }
-
-    /// Current cleartext size.
-    pub fn size(&self) -> Result<u64> {
-        let len = self.file.metadata().at(&self.path)?.len();
-        let combo = self.content.combo();
-        combo.cleartext_size(len).ok_or_else(|| {
-            let last =
-                len.saturating_sub(combo.header_len() as u64) / combo.chunk_ciphertext_len() as u64;
-            self.content_err(CryptoError::Truncated(ContentPart::Chunk(last)))
-        })
-    }
-
-    /// Reads up to `buf.len()` bytes at `offset`; returns the count (0 at end of file).
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let guard = self.header.read().unwrap_or_else(|p| p.into_inner());
-        let Some(header) = guard.as_ref() else {
-            return Ok(0);
-        };
-        let size = self.size()?;
-        let mut done = 0;
-        let combo = self.content.combo();
-        let mut ct = Vec::new();
-        let mut scratch = vec![0u8; CHUNK_SIZE];
-        // At most BATCH_CHUNKS chunks per pread, so memory stays bounded for any request.
-        while done < buf.len() {
-            let want = (buf.len() - done).min(BATCH_CHUNKS as usize * CHUNK_SIZE) as u64;
-            let Some(plan) = ReadPlan::new(combo, offset + done as u64, want, size) else {
-                break;
-            };
-            ct.resize(plan.ct_len, 0);
-            let got = read_full_at(&self.file, &mut ct, plan.ct_offset).at(&self.path)?;
-            if got < plan.ct_len {
-                return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(plan.last))));
-            }
-            plan.decrypt(
-                &self.content,
-                header,
-                &ct,
-                &mut buf[done..done + plan.len()],
-                &mut scratch,
-            )
-            .map_err(|e| self.content_err(e))?;
-            done += plan.len();
-        }
-        Ok(done)
-    }
-
-    /// Writes `data` at `offset`, growing the file (with zeros) as needed. Only the chunks the
-    /// range touches are re-encrypted; partial chunks are read, patched and rewritten.
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        let header = self.ensure_header()?;
-        let _guard = self.header.write().unwrap_or_else(|p| p.into_inner());
-        self.write_locked(&header, offset, data.len() as u64, Some(data))
-    }
-
-    /// Sets the cleartext size: shrinking re-encrypts the new last chunk, growing appends
-    /// zeros.
-    pub fn set_len(&self, new_size: u64) -> Result<()> {
-        let header = self.ensure_header()?;
-        let _guard = self.header.write().unwrap_or_else(|p| p.into_inner());
-        let old_size = self.size()?;
-        if new_size > old_size {
-            return self.write_locked(&header, old_size, new_size - old_size, None);
-        }
-        if new_size == old_size {
-            return Ok(());
-        }
-        let combo = self.content.combo();
-        let rem = (new_size % CHUNK_SIZE as u64) as usize;
-        if rem != 0 {
-            // Re-encrypt the new last chunk, shortened: a "write" of nothing over its kept part.
-            let index = new_size / CHUNK_SIZE as u64;
-            let old = self.read_chunk(&header, index, old_size)?;
-            let mut ct = vec![0u8; combo.chunk_ciphertext_len()];
-            let n = self
-                .content
-                .encrypt_chunk(&header, index, &old[..rem], &mut ct);
-            self.file
-                .write_all_at(&ct[..n], combo.chunk_offset(index))
-                .at(&self.path)?;
-        }
-        self.file
-            .set_len(combo.ciphertext_size(new_size))
-            .at(&self.path)
-    }
-
-    /// Decrypts chunk `index` of a file of cleartext size `size`.
-    fn read_chunk(&self, header: &FileHeader, index: u64, size: u64) -> Result<Vec<u8>> {
-        let combo = self.content.combo();
-        let start = index * CHUNK_SIZE as u64;
-        let plan = ReadPlan::new(combo, start, CHUNK_SIZE as u64, size)
-            .ok_or_else(|| self.content_err(CryptoError::Truncated(ContentPart::Chunk(index))))?;
-        let mut ct = vec![0u8; plan.ct_len];
-        let got = read_full_at(&self.file, &mut ct, plan.ct_offset).at(&self.path)?;
-        if got < plan.ct_len {
-            return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(index))));
-        }
-        let mut out = vec![0u8; plan.len()];
-        let mut scratch = vec![0u8; CHUNK_SIZE];
-        plan.decrypt(&self.content, header, &ct, &mut out, &mut scratch)
-            .map_err(|e| self.content_err(e))?;
-        Ok(out)
-    }
-
-    fn write_locked(
-        &self,
-        header: &FileHeader,
-        offset: u64,
-        len: u64,
-        data: Option<&[u8]>,
-    ) -> Result<()> {
-        let combo = self.content.combo();
-        let old_size = self.size()?;
-        let Some(plan) = WritePlan::new(offset, len, old_size) else {
-            return Ok(());
-        };
-        let mut edges = EdgeContents::default();
-        for edge in plan.edges() {
-            edges.push(edge.index, self.read_chunk(header, edge.index, old_size)?);
-        }
-        let old = |i: u64| edges.get(i);
-        let mut clear = vec![0u8; CHUNK_SIZE];
-        let mut out = vec![0u8; (BATCH_CHUNKS as usize) * combo.chunk_ciphertext_len()];
-        let mut from = plan.first;
-        while from <= plan.last {
-            let to = (from + BATCH_CHUNKS - 1).min(plan.last);
-            let n = plan.encrypt(
-                &self.content,
-                header,
-                from,
-                to,
-                data,
-                &old,
-                &mut clear,
-                &mut out,
-            );
-            self.file
-                .write_all_at(&out[..n], combo.chunk_offset(from))
-                .at(&self.path)?;
-            from = to + 1;
-        }
-        Ok(())
-    }
-
-    /// Flushes file data and metadata to disk.
-    pub fn sync(&self) -> Result<()> {
-        self.file.sync_all().at(&self.path)
-    }
-}
-
-/// Reads until `buf` is full or end of file; returns the bytes read.
-fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }

@@ -1,0 +1,500 @@
+//! The one chunk loop: reading a cleartext range and the read-modify-write of a changed range,
+//! written once over a small [`CiphertextIo`] trait ("give me a ciphertext buffer, read or
+//! write these bytes at this offset").
+//!
+//! [`chunks`](crate::chunks) plans (pure arithmetic and crypto, no I/O); this module drives the
+//! plans against a ciphertext file through whichever I/O the caller has: blocking
+//! `pread`/`pwrite` ([`PreadIo`], used by the [`FileHandle`](crate::file::FileHandle)
+//! convenience methods), the io_uring rings of `oxcrypt-io`, or a test double. Every engine goes
+//! through the same loop, so batch sizes, edge handling and the refusal of unauthenticated bytes
+//! cannot drift apart.
+//!
+//! Callers hold the file's lock (see [`FileHandle`](crate::file::FileHandle)); nothing here
+//! locks.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use crate::chunks::{EdgeContents, ReadPlan, WritePlan};
+use crate::content::{ContentCryptor, FileHeader, CHUNK_SIZE, MAX_CHUNK_CIPHERTEXT};
+use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
+
+/// Chunks read or written per I/O call (1 MiB of cleartext).
+pub const BATCH_CHUNKS: u64 = 32;
+/// Ciphertext buffer size every [`CiphertextIo`] must offer: [`BATCH_CHUNKS`] + 1 chunks, the
+/// most an unaligned 1 MiB read touches.
+pub const REQUEST_BUF: usize = (BATCH_CHUNKS as usize + 1) * MAX_CHUNK_CIPHERTEXT;
+
+const C: u64 = CHUNK_SIZE as u64;
+
+/// Ciphertext I/O with a buffer of its own, as the chunk loop needs it.
+pub trait CiphertextIo {
+    /// The ciphertext buffer (at least [`REQUEST_BUF`] bytes) and a cleartext scratch buffer of
+    /// at least one chunk ([`CHUNK_SIZE`]).
+    fn buffers(&mut self) -> (&mut [u8], &mut [u8]);
+
+    /// Reads `len` bytes at ciphertext offset `at` of `file` into the start of the ciphertext
+    /// buffer; returns the count, fewer than `len` only at end of file.
+    fn read(&mut self, file: &File, len: usize, at: u64) -> io::Result<usize>;
+
+    /// Writes the first `len` bytes of the ciphertext buffer at offset `at` of `file`, all of
+    /// them or an error.
+    fn write(&mut self, file: &File, len: usize, at: u64) -> io::Result<()>;
+}
+
+/// Blocking `pread`/`pwrite` with heap buffers: the I/O of the offline tools and of the
+/// `--io sync` engine.
+#[derive(Debug, Default)]
+pub struct PreadIo {
+    ct: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl PreadIo {
+    /// A `PreadIo` whose buffers are allocated on first use.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl CiphertextIo for PreadIo {
+    fn buffers(&mut self) -> (&mut [u8], &mut [u8]) {
+        if self.ct.is_empty() {
+            self.ct = vec![0u8; REQUEST_BUF];
+            self.scratch = vec![0u8; CHUNK_SIZE];
+        }
+        (&mut self.ct, &mut self.scratch)
+    }
+
+    fn read(&mut self, file: &File, len: usize, at: u64) -> io::Result<usize> {
+        let buf = &mut self.buffers().0[..len];
+        read_full_at(file, buf, at)
+    }
+
+    fn write(&mut self, file: &File, len: usize, at: u64) -> io::Result<()> {
+        let buf = &self.buffers().0[..len];
+        file.write_all_at(buf, at)
+    }
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// One open ciphertext file as the loop sees it: descriptor, path (for errors), cryptor and
+/// decrypted header.
+#[derive(Clone, Copy)]
+pub struct ChunkFile<'a> {
+    /// The ciphertext file.
+    pub file: &'a File,
+    /// Its path, for error messages.
+    pub path: &'a Path,
+    /// The vault's content cryptor.
+    pub cryptor: &'a ContentCryptor,
+    /// The file's header.
+    pub header: &'a FileHeader,
+}
+
+impl ChunkFile<'_> {
+    fn content_err(&self, source: CryptoError) -> Error {
+        Error::Content {
+            path: self.path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Reads up to `out.len()` cleartext bytes at `offset` of a file of cleartext size `size`
+    /// straight into `out`; returns the count (0 at end of file). On an error `out` holds no
+    /// unauthenticated bytes.
+    pub fn read(
+        &self,
+        io: &mut dyn CiphertextIo,
+        size: u64,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<usize> {
+        let combo = self.cryptor.combo();
+        let mut done = 0;
+        while done < out.len() {
+            let want = (out.len() - done).min(BATCH_CHUNKS as usize * CHUNK_SIZE) as u64;
+            let Some(plan) = ReadPlan::new(combo, offset + done as u64, want, size) else {
+                break;
+            };
+            let got = io
+                .read(self.file, plan.ct_len, plan.ct_offset)
+                .at(self.path)?;
+            if got < plan.ct_len {
+                out[..done].fill(0);
+                return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(
+                    plan.first + (got / combo.chunk_ciphertext_len()) as u64,
+                ))));
+            }
+            let (ct, scratch) = io.buffers();
+            let dst = &mut out[done..done + plan.len()];
+            if let Err(e) = plan.decrypt(self.cryptor, self.header, &ct[..got], dst, scratch) {
+                out[..done].fill(0);
+                return Err(self.content_err(e));
+            }
+            done += plan.len();
+        }
+        Ok(done)
+    }
+
+    /// Decrypts the whole chunk `index` of a file of cleartext size `size`.
+    fn read_chunk(&self, io: &mut dyn CiphertextIo, index: u64, size: u64) -> Result<Vec<u8>> {
+        let mut clear = vec![0u8; size.saturating_sub(index * C).min(C) as usize];
+        let n = self.read(io, size, index * C, &mut clear)?;
+        if n < clear.len() {
+            return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(index))));
+        }
+        Ok(clear)
+    }
+
+    /// Writes `len` bytes at `offset` (`data`, or zeros when `None`) into a file of cleartext
+    /// size `old_size`: the (at most two) edge chunks whose old bytes survive are read and
+    /// decrypted first, then the touched chunks are encrypted and written in batches of
+    /// [`BATCH_CHUNKS`].
+    pub fn write(
+        &self,
+        io: &mut dyn CiphertextIo,
+        old_size: u64,
+        offset: u64,
+        len: u64,
+        data: Option<&[u8]>,
+    ) -> Result<()> {
+        let Some(plan) = WritePlan::new(offset, len, old_size) else {
+            return Ok(());
+        };
+        let mut edges = EdgeContents::default();
+        for edge in plan.edges() {
+            edges.push(edge.index, self.read_chunk(io, edge.index, old_size)?);
+        }
+        let old = |i: u64| edges.get(i);
+        let combo = self.cryptor.combo();
+        let mut from = plan.first;
+        while from <= plan.last {
+            let to = (from + BATCH_CHUNKS - 1).min(plan.last);
+            let (ct, scratch) = io.buffers();
+            let n = plan.encrypt(
+                self.cryptor,
+                self.header,
+                from,
+                to,
+                data,
+                &old,
+                &mut scratch[..CHUNK_SIZE],
+                ct,
+            );
+            io.write(self.file, n, combo.chunk_offset(from))
+                .at(self.path)?;
+            from = to + 1;
+        }
+        Ok(())
+    }
+
+    /// Shrinks a file of cleartext size `old_size` to `new_size`: the new last chunk is
+    /// re-encrypted shortened, then the ciphertext is cut.
+    pub fn shrink(&self, io: &mut dyn CiphertextIo, old_size: u64, new_size: u64) -> Result<()> {
+        debug_assert!(new_size < old_size);
+        let combo = self.cryptor.combo();
+        let rem = (new_size % C) as usize;
+        if rem != 0 {
+            let index = new_size / C;
+            let old = self.read_chunk(io, index, old_size)?;
+            let (ct, _) = io.buffers();
+            let n = self
+                .cryptor
+                .encrypt_chunk(self.header, index, &old[..rem], ct);
+            io.write(self.file, n, combo.chunk_offset(index))
+                .at(self.path)?;
+        }
+        self.file
+            .set_len(combo.ciphertext_size(new_size))
+            .at(self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::CipherCombo;
+    use crate::keys::MasterKeys;
+
+    /// `PreadIo` that can cut one read short (as a file truncated behind our back would) and
+    /// counts the I/O calls.
+    struct TestIo {
+        inner: PreadIo,
+        short_read_at: Option<u64>,
+        reads: usize,
+        writes: Vec<(u64, usize)>,
+    }
+
+    impl CiphertextIo for TestIo {
+        fn buffers(&mut self) -> (&mut [u8], &mut [u8]) {
+            self.inner.buffers()
+        }
+        fn read(&mut self, file: &File, len: usize, at: u64) -> io::Result<usize> {
+            self.reads += 1;
+            let n = self.inner.read(file, len, at)?;
+            Ok(if self.short_read_at == Some(at) {
+                n / 2
+            } else {
+                n
+            })
+        }
+        fn write(&mut self, file: &File, len: usize, at: u64) -> io::Result<()> {
+            self.writes.push((at, len));
+            self.inner.write(file, len, at)
+        }
+    }
+
+    fn io() -> TestIo {
+        TestIo {
+            inner: PreadIo::new(),
+            short_read_at: None,
+            reads: 0,
+            writes: Vec::new(),
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        file: File,
+        cryptor: ContentCryptor,
+        header: FileHeader,
+    }
+
+    impl Fixture {
+        fn new(combo: CipherCombo) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("f.c9r");
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .unwrap();
+            let cryptor = ContentCryptor::new(combo, &MasterKeys::generate());
+            let header = cryptor.new_header();
+            let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
+            cryptor.encrypt_header(&header, &mut buf);
+            file.write_all_at(&buf[..combo.header_len()], 0).unwrap();
+            Fixture {
+                _dir: dir,
+                path,
+                file,
+                cryptor,
+                header,
+            }
+        }
+
+        fn cf(&self) -> ChunkFile<'_> {
+            ChunkFile {
+                file: &self.file,
+                path: &self.path,
+                cryptor: &self.cryptor,
+                header: &self.header,
+            }
+        }
+
+        fn size(&self) -> u64 {
+            let len = self.file.metadata().unwrap().len();
+            self.cryptor.combo().cleartext_size(len).unwrap()
+        }
+
+        fn write(&self, offset: u64, data: &[u8]) {
+            let size = self.size();
+            self.cf()
+                .write(&mut io(), size, offset, data.len() as u64, Some(data))
+                .unwrap();
+        }
+
+        fn read_all(&self) -> Vec<u8> {
+            let mut out = vec![0u8; self.size() as usize + 10];
+            let n = self.cf().read(&mut io(), self.size(), 0, &mut out).unwrap();
+            out.truncate(n);
+            out
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn writes_across_chunk_edges_keep_the_old_bytes_around_them() {
+        for combo in [CipherCombo::SivGcm, CipherCombo::SivCtrMac] {
+            let f = Fixture::new(combo);
+            let mut model = pattern(3 * CHUNK_SIZE + 100, 1);
+            f.write(0, &model);
+            // A write straddling the edge of chunks 0 and 1, and one inside chunk 2.
+            for (at, len, seed) in [(CHUNK_SIZE - 7, 20, 9), (2 * CHUNK_SIZE + 5, 3, 4)] {
+                let d = pattern(len, seed);
+                f.write(at as u64, &d);
+                model[at..at + len].copy_from_slice(&d);
+            }
+            assert_eq!(f.read_all(), model);
+        }
+    }
+
+    #[test]
+    fn reads_stop_at_end_of_file_and_past_it_read_nothing() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        let data = pattern(CHUNK_SIZE + 10, 2);
+        f.write(0, &data);
+        let mut out = vec![0u8; 100];
+        let n = f
+            .cf()
+            .read(&mut io(), f.size(), CHUNK_SIZE as u64, &mut out)
+            .unwrap();
+        assert_eq!(&out[..n], &data[CHUNK_SIZE..]);
+        let n = f
+            .cf()
+            .read(&mut io(), f.size(), f.size(), &mut out)
+            .unwrap();
+        assert_eq!(n, 0);
+        let n = f.cf().read(&mut io(), f.size(), 1 << 40, &mut out).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn a_write_past_the_end_fills_the_gap_with_zeros() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        f.write(0, b"head");
+        let at = 2 * CHUNK_SIZE as u64 + 3;
+        f.write(at, b"tail");
+        let all = f.read_all();
+        assert_eq!(all.len() as u64, at + 4);
+        assert_eq!(&all[..4], b"head");
+        assert!(all[4..at as usize].iter().all(|&b| b == 0));
+        assert_eq!(&all[at as usize..], b"tail");
+    }
+
+    #[test]
+    fn appends_grow_the_file_chunk_by_chunk() {
+        let f = Fixture::new(CipherCombo::SivCtrMac);
+        let mut model = Vec::new();
+        for i in 0..40 {
+            let d = pattern(1000 + i * 37, i as u8);
+            f.write(f.size(), &d);
+            model.extend_from_slice(&d);
+        }
+        assert_eq!(f.size(), model.len() as u64);
+        assert_eq!(f.read_all(), model);
+    }
+
+    #[test]
+    fn a_large_write_goes_out_in_batches_of_whole_chunks() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        let data = pattern(70 * CHUNK_SIZE + 1, 3);
+        let mut t = io();
+        f.cf()
+            .write(&mut t, 0, 0, data.len() as u64, Some(&data))
+            .unwrap();
+        // 71 chunks: 32 + 32 + 7, each batch one write starting at a chunk boundary.
+        let combo = f.cryptor.combo();
+        let starts: Vec<u64> = t.writes.iter().map(|w| w.0).collect();
+        assert_eq!(
+            starts,
+            vec![
+                combo.chunk_offset(0),
+                combo.chunk_offset(32),
+                combo.chunk_offset(64)
+            ]
+        );
+        assert!(t.writes.iter().all(|w| w.1 <= REQUEST_BUF));
+        assert_eq!(f.read_all(), data);
+    }
+
+    #[test]
+    fn an_unaligned_read_of_a_whole_batch_fits_the_request_buffer() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        let data = pattern(40 * CHUNK_SIZE, 5);
+        f.write(0, &data);
+        let mut out = vec![0u8; BATCH_CHUNKS as usize * CHUNK_SIZE];
+        let mut t = io();
+        let n = f.cf().read(&mut t, f.size(), 100, &mut out).unwrap();
+        assert_eq!(n, out.len());
+        assert_eq!(&out[..], &data[100..100 + n]);
+        assert_eq!(t.reads, 1, "one batch, one read");
+    }
+
+    #[test]
+    fn a_short_read_in_the_middle_is_an_error_with_no_bytes_returned() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        let data = pattern(80 * CHUNK_SIZE, 6);
+        f.write(0, &data);
+        let combo = f.cryptor.combo();
+        let mut t = io();
+        // The second batch comes back half read.
+        t.short_read_at = Some(combo.chunk_offset(BATCH_CHUNKS));
+        let mut out = vec![0xAAu8; 3 * BATCH_CHUNKS as usize * CHUNK_SIZE];
+        let e = f.cf().read(&mut t, f.size(), 0, &mut out).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Content {
+                    source: CryptoError::Truncated(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // The first batch had been decrypted into `out`: it is wiped again.
+        let first = BATCH_CHUNKS as usize * CHUNK_SIZE;
+        assert!(out[..first].iter().all(|&b| b == 0), "no cleartext handed out");
+    }
+
+    #[test]
+    fn a_tampered_edge_chunk_refuses_the_read_modify_write() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        f.write(0, &pattern(2 * CHUNK_SIZE, 7));
+        let at = f.cryptor.combo().chunk_offset(1) + 20;
+        let mut b = [0u8; 1];
+        f.file.read_exact_at(&mut b, at).unwrap();
+        f.file.write_all_at(&[b[0] ^ 1], at).unwrap();
+        let size = f.size();
+        let e = f
+            .cf()
+            .write(&mut io(), size, CHUNK_SIZE as u64 + 5, 3, Some(b"xyz"))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Content {
+                    source: CryptoError::Auth(_),
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn shrinking_inside_a_chunk_keeps_its_head() {
+        let f = Fixture::new(CipherCombo::SivCtrMac);
+        let data = pattern(3 * CHUNK_SIZE, 8);
+        f.write(0, &data);
+        let new = CHUNK_SIZE as u64 + 123;
+        f.cf().shrink(&mut io(), f.size(), new).unwrap();
+        assert_eq!(f.read_all(), &data[..new as usize]);
+        f.cf().shrink(&mut io(), f.size(), 2 * C - C).unwrap();
+        assert_eq!(f.read_all(), &data[..CHUNK_SIZE]);
+    }
+}

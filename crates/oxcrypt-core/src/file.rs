@@ -1,0 +1,344 @@
+//! An open regular file of the vault: its ciphertext descriptor, its header, and the one lock
+//! that every reader and writer of the file takes, whichever engine does the I/O.
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::chunk_io::{read_full_at, ChunkFile, CiphertextIo, PreadIo};
+use crate::content::{ContentCryptor, FileHeader, MAX_HEADER_LEN};
+use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
+use crate::node::{attr_from, Attr, FileType};
+
+/// Where a write goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAt {
+    /// At this cleartext offset.
+    Offset(u64),
+    /// At the end of the file as it is when the write takes the lock (O_APPEND).
+    Append,
+}
+
+/// What a size change does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetLen {
+    /// Make the file exactly this long (truncate(2)).
+    Exactly(u64),
+    /// Make the file at least this long, never shorter (fallocate(2) mode 0): the current size
+    /// is read under the lock, so a writer that grew the file meanwhile is not cut off.
+    GrowTo(u64),
+}
+
+/// An open regular file.
+///
+/// **The lock.** `header` is the file's only lock. It protects the header slot *and* the
+/// ciphertext's bytes and length:
+/// - reads ([`read_with`](Self::read_with), [`size`](Self::size), [`attr`](Self::attr))
+///   hold it shared;
+/// - changes ([`write_with`](Self::write_with), [`set_len_with`](Self::set_len_with),
+///   [`sync`](Self::sync)) hold it exclusively, so no reader sees a chunk half rewritten and a
+///   change plans with the size it then writes against.
+///
+/// Every engine (blocking, the FUSE threads' rings, the workers) goes through these methods;
+/// none touches the descriptor around them.
+pub struct FileHandle {
+    file: File,
+    path: PathBuf,
+    content: Arc<ContentCryptor>,
+    /// The decrypted header, `None` while the ciphertext file is 0 bytes long. See the lock
+    /// rules above.
+    header: RwLock<Option<Arc<FileHeader>>>,
+}
+
+impl std::fmt::Debug for FileHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileHandle")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Buffers of the blocking convenience methods, reused per thread.
+    static PREAD: RefCell<PreadIo> = RefCell::new(PreadIo::new());
+}
+
+impl FileHandle {
+    /// Opens the ciphertext file at `path` and reads its header (none if it is 0 bytes long).
+    pub(crate) fn open(
+        path: PathBuf,
+        content: Arc<ContentCryptor>,
+        writable: bool,
+    ) -> Result<FileHandle> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .at(&path)?;
+        let hl = content.combo().header_len();
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        let len = file.metadata().at(&path)?.len();
+        let header = if len == 0 {
+            None
+        } else {
+            let n = read_full_at(&file, &mut buf[..hl], 0).at(&path)?;
+            let h = content
+                .decrypt_header(&buf[..n])
+                .map_err(|source| Error::Content {
+                    path: path.clone(),
+                    source,
+                })?;
+            Some(Arc::new(h))
+        };
+        Ok(FileHandle {
+            file,
+            path,
+            content,
+            header: RwLock::new(header),
+        })
+    }
+
+    /// A handle over a file just created with its `header` already written.
+    pub(crate) fn created(
+        file: File,
+        path: PathBuf,
+        content: Arc<ContentCryptor>,
+        header: FileHeader,
+    ) -> FileHandle {
+        FileHandle {
+            file,
+            path,
+            content,
+            header: RwLock::new(Some(Arc::new(header))),
+        }
+    }
+
+    fn shared(&self) -> RwLockReadGuard<'_, Option<Arc<FileHeader>>> {
+        self.header.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn exclusive(&self) -> RwLockWriteGuard<'_, Option<Arc<FileHeader>>> {
+        self.header.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The ciphertext path of this file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The content cryptor.
+    pub fn cryptor(&self) -> &Arc<ContentCryptor> {
+        &self.content
+    }
+
+    /// Wraps a content failure with this file's path.
+    pub fn content_err(&self, source: CryptoError) -> Error {
+        Error::Content {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Attributes of the open file from its descriptor (right even after it was unlinked:
+    /// then `nlink` is 0). Waits for a change in progress.
+    pub fn attr(&self) -> Result<Attr> {
+        let _shared = self.shared();
+        let md = self.file.metadata().at(&self.path)?;
+        let size = self.size_of(md.len())?;
+        Ok(attr_from(FileType::File, size, md.nlink() as u32, &md))
+    }
+
+    /// Current cleartext size. Waits for a change in progress.
+    pub fn size(&self) -> Result<u64> {
+        let _shared = self.shared();
+        self.size_unlocked()
+    }
+
+    fn size_unlocked(&self) -> Result<u64> {
+        let len = self.file.metadata().at(&self.path)?.len();
+        self.size_of(len)
+    }
+
+    fn size_of(&self, len: u64) -> Result<u64> {
+        let combo = self.content.combo();
+        combo.cleartext_size(len).ok_or_else(|| {
+            let last =
+                len.saturating_sub(combo.header_len() as u64) / combo.chunk_ciphertext_len() as u64;
+            self.content_err(CryptoError::Truncated(ContentPart::Chunk(last)))
+        })
+    }
+
+    fn chunk_file<'a>(&'a self, header: &'a FileHeader) -> ChunkFile<'a> {
+        ChunkFile {
+            file: &self.file,
+            path: &self.path,
+            cryptor: &self.content,
+            header,
+        }
+    }
+
+    /// The header, writing a fresh one first if the ciphertext file is 0 bytes long. Called
+    /// with the lock held exclusively.
+    fn ensure_header(&self, slot: &mut Option<Arc<FileHeader>>) -> Result<Arc<FileHeader>> {
+        if let Some(h) = slot.as_ref() {
+            return Ok(h.clone());
+        }
+        let header = Arc::new(self.content.new_header());
+        let mut buf = [0u8; MAX_HEADER_LEN];
+        self.content.encrypt_header(&header, &mut buf);
+        let hl = self.content.combo().header_len();
+        self.file.write_all_at(&buf[..hl], 0).at(&self.path)?;
+        *slot = Some(header.clone());
+        Ok(header)
+    }
+
+    /// Reads up to `out.len()` cleartext bytes at `offset` straight into `out` through `io`;
+    /// returns the count (0 at end of file). Holds the lock shared.
+    pub fn read_with(
+        &self,
+        io: &mut dyn CiphertextIo,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<usize> {
+        let guard = self.shared();
+        let Some(header) = guard.as_ref() else {
+            return Ok(0);
+        };
+        let size = self.size_unlocked()?;
+        self.chunk_file(header).read(io, size, offset, out)
+    }
+
+    /// Writes `data` at `at` through `io`, growing the file (with zeros) as needed; returns the
+    /// cleartext offset it was written at. Holds the lock exclusively.
+    pub fn write_with(&self, io: &mut dyn CiphertextIo, at: WriteAt, data: &[u8]) -> Result<u64> {
+        let mut guard = self.exclusive();
+        let header = self.ensure_header(&mut guard)?;
+        let old_size = self.size_unlocked()?;
+        let offset = match at {
+            WriteAt::Offset(o) => o,
+            WriteAt::Append => old_size,
+        };
+        self.chunk_file(&header)
+            .write(io, old_size, offset, data.len() as u64, Some(data))?;
+        Ok(offset)
+    }
+
+    /// Changes the cleartext size through `io`: shrinking re-encrypts the new last chunk,
+    /// growing writes encrypted zeros. Holds the lock exclusively.
+    pub fn set_len_with(&self, io: &mut dyn CiphertextIo, target: SetLen) -> Result<()> {
+        let mut guard = self.exclusive();
+        let old_size = self.size_unlocked()?;
+        let new_size = match target {
+            SetLen::Exactly(n) => n,
+            SetLen::GrowTo(n) => n.max(old_size),
+        };
+        if new_size == old_size {
+            return Ok(());
+        }
+        let header = self.ensure_header(&mut guard)?;
+        let cf = self.chunk_file(&header);
+        if new_size > old_size {
+            cf.write(io, old_size, old_size, new_size - old_size, None)
+        } else {
+            cf.shrink(io, old_size, new_size)
+        }
+    }
+
+    /// Flushes the file's data (and metadata unless `datasync`) to disk. Holds the lock
+    /// exclusively, so it covers every change acknowledged before it.
+    pub fn sync(&self, datasync: bool) -> Result<()> {
+        let _exclusive = self.exclusive();
+        if datasync {
+            self.file.sync_data().at(&self.path)
+        } else {
+            self.file.sync_all().at(&self.path)
+        }
+    }
+
+    /// [`read_with`](Self::read_with) through blocking `pread`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        PREAD.with(|io| self.read_with(&mut *io.borrow_mut(), offset, buf))
+    }
+
+    /// [`write_with`](Self::write_with) at `offset` through blocking `pwrite`.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+        PREAD.with(|io| {
+            self.write_with(&mut *io.borrow_mut(), WriteAt::Offset(offset), data)
+                .map(|_| ())
+        })
+    }
+
+    /// [`set_len_with`](Self::set_len_with) to exactly `new_size` through blocking I/O.
+    pub fn set_len(&self, new_size: u64) -> Result<()> {
+        PREAD.with(|io| self.set_len_with(&mut *io.borrow_mut(), SetLen::Exactly(new_size)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::CipherCombo;
+    use crate::keys::MasterKeys;
+
+    fn handle() -> (tempfile::TempDir, FileHandle) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.c9r");
+        std::fs::write(&path, b"").unwrap();
+        let content = Arc::new(ContentCryptor::new(
+            CipherCombo::SivGcm,
+            &MasterKeys::generate(),
+        ));
+        let h = FileHandle::open(path, content, true).unwrap();
+        (dir, h)
+    }
+
+    #[test]
+    fn grow_to_never_shrinks() {
+        let (_d, h) = handle();
+        h.write_at(0, &[7u8; 50_000]).unwrap();
+        // A grow planned for a smaller size (fallocate racing a writer) leaves the file alone.
+        PREAD
+            .with(|io| h.set_len_with(&mut *io.borrow_mut(), SetLen::GrowTo(10)))
+            .unwrap();
+        assert_eq!(h.size().unwrap(), 50_000);
+        PREAD
+            .with(|io| h.set_len_with(&mut *io.borrow_mut(), SetLen::GrowTo(70_000)))
+            .unwrap();
+        assert_eq!(h.size().unwrap(), 70_000);
+        let mut buf = vec![1u8; 70_000];
+        assert_eq!(h.read_at(0, &mut buf).unwrap(), 70_000);
+        assert!(buf[..50_000].iter().all(|&b| b == 7));
+        assert!(buf[50_000..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn appends_from_many_threads_never_overlap() {
+        let (_d, h) = handle();
+        let h = Arc::new(h);
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let h = h.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..25 {
+                        PREAD
+                            .with(|io| {
+                                h.write_with(&mut *io.borrow_mut(), WriteAt::Append, &[t + 1; 1000])
+                            })
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut buf = vec![0u8; 100_000];
+        assert_eq!(h.read_at(0, &mut buf).unwrap(), 100_000);
+        // Every 1000-byte record is whole: one writer's byte throughout.
+        for rec in buf.chunks(1000) {
+            assert!(rec.iter().all(|&b| b == rec[0] && b != 0));
+        }
+    }
+}
