@@ -138,10 +138,18 @@ fn run(cli: Cli) -> Result<()> {
             let mut list = vec![
                 Target::oxcrypt_variant("oxcrypt", &bin, &[]),
                 Target::oxcrypt_variant("io-sync", &bin, &["--io", "sync"]),
-                Target::oxcrypt_variant("unregistered-bufs", &bin, &["--unregistered-buffers"]),
-                Target::oxcrypt_variant("metadata-on-thread", &bin, &["--metadata-on-thread"]),
-                Target::oxcrypt_variant("heap-not-arena", &bin, &["--no-arena"]),
-                Target::oxcrypt_variant("io-on-workers", &bin, &["--io-on-workers"]),
+                Target::oxcrypt_variant(
+                    "unregistered-bufs",
+                    &bin,
+                    &["--ablate", "unregistered-buffers"],
+                ),
+                Target::oxcrypt_variant(
+                    "metadata-on-thread",
+                    &bin,
+                    &["--ablate", "metadata-on-thread"],
+                ),
+                Target::oxcrypt_variant("heap-not-arena", &bin, &["--ablate", "heap-arena"]),
+                Target::oxcrypt_variant("io-on-workers", &bin, &["--ablate", "io-on-workers"]),
             ];
             match system_alloc_oxcrypt {
                 Some(p) => list.push(Target::oxcrypt_variant("system-alloc", &p, &[])),

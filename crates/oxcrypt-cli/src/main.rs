@@ -279,19 +279,10 @@ enum Command {
         /// Let the kernel cache writes (FUSE writeback cache; see kernel-notes/).
         #[arg(long, hide = true)]
         writeback_cache: bool,
-        /// Benchmark ablation: io_uring with unregistered heap buffers.
-        #[arg(long, hide = true)]
-        unregistered_buffers: bool,
-        /// Benchmark ablation: hand every read and write to an I/O worker instead of doing it
-        /// in the FUSE thread.
-        #[arg(long, hide = true)]
-        io_on_workers: bool,
-        /// Benchmark ablation: answer metadata calls on a spawned thread instead of inline.
-        #[arg(long, hide = true)]
-        metadata_on_thread: bool,
-        /// Benchmark ablation: a heap arena per request instead of the reused one.
-        #[arg(long, hide = true)]
-        no_arena: bool,
+        /// Benchmark ablations to turn on, comma-separated: unregistered-buffers,
+        /// io-on-workers, metadata-on-thread, heap-arena (see `oxbench ablation`).
+        #[arg(long, hide = true, value_name = "LIST", default_value = "")]
+        ablate: oxcrypt_io::Tuning,
     },
     /// Unmount a mounted vault.
     Umount {
@@ -402,12 +393,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             init,
             daemon,
             cache_ms,
-            unregistered_buffers,
-            io_on_workers,
-            metadata_on_thread,
             read_ahead_kb,
             writeback_cache,
-            no_arena,
+            ablate,
         } => mount::mount(
             g,
             &mount::MountArgs {
@@ -423,12 +411,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 init,
                 daemon,
                 ttl_ms: cache_ms,
-                unregistered_buffers,
-                io_on_workers,
-                metadata_on_thread,
                 read_ahead_kb,
                 writeback_cache,
-                no_arena,
+                tuning: ablate,
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),

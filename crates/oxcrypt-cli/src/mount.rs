@@ -24,12 +24,9 @@ pub struct MountArgs<'a> {
     pub init: bool,
     pub daemon: bool,
     pub ttl_ms: u64,
-    pub unregistered_buffers: bool,
-    pub io_on_workers: bool,
-    pub metadata_on_thread: bool,
     pub read_ahead_kb: u32,
     pub writeback_cache: bool,
-    pub no_arena: bool,
+    pub tuning: oxcrypt_io::Tuning,
 }
 
 fn open_or_init(g: &Global, args: &MountArgs<'_>) -> Result<Vault> {
@@ -77,17 +74,12 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
         allow_other: args.allow_other,
         engine: EngineConfig {
             mode: args.io,
-            unregistered_buffers: args.unregistered_buffers,
-            inline_io: !args.io_on_workers,
-            // Workers doing all the I/O get the pool they had before inline I/O.
-            buffers_per_worker: if args.io_on_workers { 8 } else { 2 },
+            tuning: args.tuning,
             ..EngineConfig::default()
         },
         ttl: Duration::from_millis(args.ttl_ms),
-        metadata_on_thread: args.metadata_on_thread,
         read_ahead_kb: args.read_ahead_kb,
         writeback_cache: args.writeback_cache,
-        heap_scratch: args.no_arena,
         ..MountOptions::default()
     };
     if let Some(t) = args.threads {

@@ -141,7 +141,7 @@ fn put_node(v: &Vault, src: &Path, dest: &str, bar: Option<&ProgressBar>) -> Res
                 b.inc(n as u64);
             }
         }
-        fh.sync()?;
+        fh.sync(false)?;
     } else {
         tracing::warn!(path = %src.display(), "skipping special file (sockets, FIFOs and devices cannot be stored)");
         eprintln!("oxcrypt: skipping special file {}", src.display());

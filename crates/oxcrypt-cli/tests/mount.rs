@@ -573,9 +573,7 @@ fn mount_and_offline_cli_agree_both_ways() {
 fn fixtures_dir() -> PathBuf {
     std::env::var("OXCRYPT_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-        })
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"))
 }
 
 fn sha256_hex(d: &[u8]) -> String {

@@ -458,7 +458,10 @@ mod tests {
         );
         // The first batch had been decrypted into `out`: it is wiped again.
         let first = BATCH_CHUNKS as usize * CHUNK_SIZE;
-        assert!(out[..first].iter().all(|&b| b == 0), "no cleartext handed out");
+        assert!(
+            out[..first].iter().all(|&b| b == 0),
+            "no cleartext handed out"
+        );
     }
 
     #[test]

@@ -137,21 +137,21 @@ impl Error {
     /// The closest POSIX errno, for the FUSE layer.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::NotFound(_) => 2,                                       // ENOENT
-            Error::AlreadyExists(_) => 17,                                 // EEXIST
-            Error::NotADirectory(_) => 20,                                 // ENOTDIR
-            Error::IsADirectory(_) => 21,                                  // EISDIR
-            Error::NotEmpty(_) => 39,                                      // ENOTEMPTY
-            Error::NotASymlink(_) => 22,                                   // EINVAL
-            Error::Invalid(_) => 22,                                       // EINVAL
-            Error::InvalidName { why, .. } if *why == NAME_TOO_LONG => 36, // ENAMETOOLONG
-            Error::InvalidName { .. } => 22,
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(5),
-            _ => 5, // EIO
+            Error::NotFound(_) => libc::ENOENT,
+            Error::AlreadyExists(_) => libc::EEXIST,
+            Error::NotADirectory(_) => libc::ENOTDIR,
+            Error::IsADirectory(_) => libc::EISDIR,
+            Error::NotEmpty(_) => libc::ENOTEMPTY,
+            Error::NotASymlink(_) | Error::Invalid(_) => libc::EINVAL,
+            Error::InvalidName { why, .. } if *why == NAME_TOO_LONG => libc::ENAMETOOLONG,
+            Error::InvalidName { .. } => libc::EINVAL,
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+    /// An I/O failure at `path`.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

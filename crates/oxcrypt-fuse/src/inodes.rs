@@ -94,14 +94,14 @@ impl InodeTable {
     /// The inode of `name` (NFC) in `parent` whose backing file is `backing`, allocated if
     /// new; counts one kernel lookup.
     pub fn lookup(&self, parent: u64, name: &str, node: Node, backing: u64) -> u64 {
-        let key = (parent, name.to_string());
-        if let Some(ino) = self.by_name.get(&key).map(|e| *e) {
-            if let Some(entry) = self.by_ino.get(&ino) {
-                if entry.backing == backing {
-                    entry.set(parent, name, node);
-                    entry.lookups.fetch_add(1, Ordering::Relaxed);
-                    return ino;
-                }
+        // The name's entry is held from the check to the insert, so two concurrent lookups of
+        // one name agree on one number.
+        let mut by_name = self.by_name.entry((parent, name.to_string())).or_insert(0);
+        if let Some(entry) = self.by_ino.get(&*by_name) {
+            if entry.backing == backing {
+                entry.set(parent, name, node);
+                entry.lookups.fetch_add(1, Ordering::Relaxed);
+                return *by_name;
             }
         }
         let ino = self.next.fetch_add(1, Ordering::Relaxed);
@@ -114,7 +114,7 @@ impl InodeTable {
                 lookups: AtomicU64::new(1),
             }),
         );
-        self.by_name.insert(key, ino);
+        *by_name = ino;
         ino
     }
 
@@ -125,10 +125,12 @@ impl InodeTable {
 
     /// Puts a known inode at (`parent`, `name`) after a rename or exchange.
     pub fn relocate(&self, ino: u64, parent: u64, name: &str, node: Node) {
-        if let Some(entry) = self.by_ino.get(&ino) {
-            entry.set(parent, name, node);
-            self.by_name.insert((parent, name.to_string()), ino);
-        }
+        // The inode is cloned out first: no guard of one map is held while locking the other.
+        let Some(entry) = self.get(ino) else {
+            return;
+        };
+        entry.set(parent, name, node);
+        self.by_name.insert((parent, name.to_string()), ino);
     }
 
     /// The kernel dropped `n` lookups of `ino`.
@@ -156,5 +158,44 @@ impl InodeTable {
     /// Whether only the root is known.
     pub fn is_empty(&self) -> bool {
         self.by_ino.len() <= 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oxcrypt_core::NodeKind;
+    use std::sync::Barrier;
+
+    fn node(name: &str) -> Node {
+        Node {
+            name: name.into(),
+            kind: NodeKind::File,
+            entry: format!("/v/d/{name}.c9r").into(),
+            shortened: false,
+        }
+    }
+
+    #[test]
+    fn concurrent_lookups_of_one_name_get_one_number() {
+        for round in 0..300 {
+            let table = Arc::new(InodeTable::new(node("")));
+            let start = Arc::new(Barrier::new(4));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (t, start) = (table.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        t.lookup(ROOT_INO, "x", node("x"), 7)
+                    })
+                })
+                .collect();
+            let inos: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert!(
+                inos.iter().all(|&i| i == inos[0]),
+                "round {round}: {inos:?}"
+            );
+            assert_eq!(table.len(), 2, "round {round}: one inode besides the root");
+        }
     }
 }

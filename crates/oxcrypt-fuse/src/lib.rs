@@ -1,13 +1,22 @@
 //! # oxcrypt-fuse
 //!
-//! Mounts an unlocked [`Vault`] through the kernel's FUSE. [`fs::OxFs`] is the thin
-//! `Filesystem` adapter; this file wires it to a transport (today fuser's `/dev/fuse` loop,
-//! behind the [`Transport`] trait so a FUSE-over-io_uring transport can sit beside it) and to
-//! the chunk I/O engine.
+//! Mounts an unlocked [`Vault`] through the kernel's FUSE.
+//!
+//! - [`ops`]: the FUSE operations, transport-neutral, over the mount's state ([`ops::Fs`]);
+//! - `fuser_adapter.rs`: fuser's `/dev/fuse` loop calling them (decode, call, reply), behind
+//!   the [`Transport`] trait so a FUSE-over-io_uring transport can sit beside it;
+//! - [`inodes`], [`cache`], [`open_files`], [`page_cache`]: the state the operations keep;
+//! - [`mountpoint`], [`mountinfo`]: checks before mounting and the one mountinfo parser;
+//! - this file wires a vault, the chunk I/O engine and a transport into a mount.
 
 pub mod cache;
-pub mod fs;
+pub mod errno;
+mod fuser_adapter;
 pub mod inodes;
+pub mod mountinfo;
+pub mod mountpoint;
+pub mod open_files;
+pub mod ops;
 pub mod page_cache;
 
 use std::path::{Path, PathBuf};
@@ -16,8 +25,10 @@ use std::time::Duration;
 
 use oxcrypt_core::Vault;
 use oxcrypt_io::{Engine, EngineConfig, IoMode};
+pub use oxcrypt_io::{Tuning, ABLATIONS};
 
-pub use fs::{FsOptions, OxFs};
+pub use mountpoint::{is_mountpoint, is_stale_mount};
+pub use ops::{Fs, FsOptions};
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -28,7 +39,7 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// FUSE session threads (each with its own cloned /dev/fuse descriptor).
     pub threads: usize,
-    /// The I/O engine.
+    /// The I/O engine (its `tuning` holds the ablations, for the FUSE layer too).
     pub engine: EngineConfig,
     /// Time-to-live of cached metadata, in the daemon and in the kernel.
     pub ttl: Duration,
@@ -36,12 +47,8 @@ pub struct MountOptions {
     pub read_ahead_kb: u32,
     /// Ask for readdirplus.
     pub readdirplus: bool,
-    /// Metadata calls on a spawned thread instead of inline (ablation).
-    pub metadata_on_thread: bool,
     /// Let the kernel cache writes (FUSE writeback cache); measured in kernel-notes/.
     pub writeback_cache: bool,
-    /// A heap arena per request instead of the reused per-thread arena (ablation).
-    pub heap_scratch: bool,
 }
 
 impl Default for MountOptions {
@@ -56,9 +63,7 @@ impl Default for MountOptions {
             ttl: Duration::from_secs(1),
             read_ahead_kb: 1024,
             readdirplus: true,
-            metadata_on_thread: false,
             writeback_cache: false,
-            heap_scratch: false,
         }
     }
 }
@@ -90,7 +95,7 @@ pub trait Transport {
 
 /// fuser's `/dev/fuse` read loop with several threads.
 struct DevFuse {
-    session: fuser::Session<OxFs>,
+    session: fuser::Session<fuser_adapter::FuserFs>,
 }
 
 impl Transport for DevFuse {
@@ -132,91 +137,6 @@ impl Mounted {
     }
 }
 
-/// Whether `path` is a mountpoint of a FUSE file system that no longer answers (a killed daemon).
-pub fn is_stale_mount(path: &Path) -> bool {
-    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
-}
-
-fn check_mountpoint(path: &Path) -> Result<(), MountError> {
-    let bad = |why: String| MountError::Mountpoint {
-        path: path.to_path_buf(),
-        why,
-    };
-    if is_stale_mount(path) {
-        return Err(bad("a stale mount from a daemon that died is still there; run `oxcrypt umount` on it (or `umount -l`) and retry".into()));
-    }
-    let md = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => bad("does not exist; create it with mkdir first".into()),
-        _ => bad(e.to_string()),
-    })?;
-    if !md.is_dir() {
-        return Err(bad("not a directory".into()));
-    }
-    if is_mountpoint(path) {
-        return Err(bad(
-            "something is already mounted here; unmount it first".into()
-        ));
-    }
-    if std::fs::read_dir(path)
-        .map(|mut d| d.next().is_some())
-        .unwrap_or(false)
-    {
-        return Err(bad(
-            "directory is not empty; mount on an empty directory".into()
-        ));
-    }
-    Ok(())
-}
-
-/// Whether something is mounted at `path` (per /proc/self/mountinfo).
-pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(path) else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    info.lines().any(|l| {
-        l.split(' ').nth(4).map(unescape_mountinfo).as_deref()
-            == Some(canon.to_string_lossy().as_ref())
-    })
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-/// The `major:minor` device of the mount at `path`, from /proc/self/mountinfo (a stat of
-/// the mountpoint would be a FUSE request nobody answers yet).
-fn mount_device(path: &Path) -> Option<String> {
-    let canon = std::fs::canonicalize(path.parent()?)
-        .ok()?
-        .join(path.file_name()?);
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines()
-        .rev()
-        .find(|l| {
-            l.split(' ').nth(4).map(unescape_mountinfo).as_deref()
-                == Some(canon.to_string_lossy().as_ref())
-        })
-        .and_then(|l| l.split(' ').nth(2).map(String::from))
-}
-
-/// Raises the kernel read-ahead of the FUSE mount at `path` through its bdi.
-fn set_read_ahead(path: &Path, kb: u32) {
-    let Some(dev) = mount_device(path) else {
-        return;
-    };
-    let bdi = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-    match std::fs::write(&bdi, kb.to_string()) {
-        Ok(()) => tracing::debug!(bdi, kb, "read-ahead raised"),
-        Err(e) => tracing::info!(bdi, error = %e, "cannot raise read-ahead"),
-    }
-}
-
 /// Mounts `vault` at `mountpoint`. The mount exists when this returns; call
 /// [`Mounted::serve`] to answer requests.
 pub fn mount(
@@ -224,7 +144,7 @@ pub fn mount(
     mountpoint: &Path,
     options: &MountOptions,
 ) -> Result<Mounted, MountError> {
-    check_mountpoint(mountpoint)?;
+    mountpoint::check(mountpoint)?;
     // Absolute before mounting: afterwards resolving it would be a request to ourselves.
     let mountpoint = &std::fs::canonicalize(mountpoint).map_err(|e| MountError::Mountpoint {
         path: mountpoint.to_path_buf(),
@@ -232,18 +152,17 @@ pub fn mount(
     })?;
     let engine = Arc::new(Engine::start(&options.engine).map_err(MountError::Engine)?);
     let io_mode = engine.mode();
-    let fs = OxFs::new(
+    let fs = Arc::new(Fs::new(
         Arc::new(vault),
         engine.clone(),
-        options.ttl,
         FsOptions {
             read_only: options.read_only,
             readdirplus: options.readdirplus,
-            metadata_on_thread: options.metadata_on_thread,
             writeback_cache: options.writeback_cache,
-            heap_scratch: options.heap_scratch,
+            ttl: options.ttl,
+            tuning: options.engine.tuning,
         },
-    );
+    ));
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("oxcrypt".into()),
@@ -260,9 +179,10 @@ pub fn mount(
     }
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = options.threads > 1;
-    let mut session = fuser::Session::new(fs, mountpoint, &config).map_err(MountError::Mount)?;
+    let mut session = fuser::Session::new(fuser_adapter::FuserFs::new(fs), mountpoint, &config)
+        .map_err(MountError::Mount)?;
     let unmounter = Unmounter(session.unmount_callable());
-    set_read_ahead(mountpoint, options.read_ahead_kb);
+    mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb);
     tracing::info!(mountpoint = %mountpoint.display(), io = %io_mode, "mounted");
     Ok(Mounted {
         transport: Box::new(DevFuse { session }),

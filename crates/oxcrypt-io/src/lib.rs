@@ -1,42 +1,45 @@
 //! # oxcrypt-io
 //!
-//! The chunk I/O engine of the mount. Reads and writes are done in the thread that submits
-//! them (a FUSE session thread) through that thread's own small io_uring ring with a
-//! registered request buffer (`inline.rs`): on a 2-vCPU machine the hand-off to another
-//! thread cost more than the I/O. Worker threads (one per core by default) take truncates, fsyncs and the reads and writes that arrive while one of those is
-//! pending for the same file, and answer through a completion callback from the worker:
+//! The chunk I/O engine of the mount. Its interface is a handful of methods on [`Engine`]:
+//! [`read`](Engine::read) (decrypting straight into the caller's buffer),
+//! [`write`](Engine::write), [`set_len`](Engine::set_len), [`sync`](Engine::sync) and
+//! [`drain`](Engine::drain). Every one of them runs the core's one chunk loop
+//! (`oxcrypt_core::chunk_io`) under the file's one lock (`oxcrypt_core::file::FileHandle`);
+//! the engine only decides *where* and *through which I/O*:
 //!
-//! - [`IoMode::Uring`]: each worker runs a tokio-uring runtime (one ring) with a registered pool
-//!   of reusable buffers: request-sized ones (33 ciphertext chunks, one fixed read or write per
-//!   FUSE request) and chunk-sized ones (the edge chunks of a read-modify-write). Ciphertext
-//!   is decrypted straight from the registered buffer into the reply buffer.
-//! - [`IoMode::Sync`]: the same split with blocking `pread`/`pwrite`, chosen with `--io sync`
-//!   or automatically (one log line says why) where io_uring is unavailable.
+//! - reads and writes are done in the calling thread (a FUSE session thread), through that
+//!   thread's own small io_uring ring with a registered request buffer (`local.rs`,
+//!   `ring.rs`): on a 2-vCPU machine the hand-off to another thread cost more than the I/O;
+//! - truncates and fsyncs go to a worker thread (`worker.rs`, one per core by default) and
+//!   complete through a callback, so a long fsync never holds a FUSE thread. A file's changes
+//!   all go to its home worker and run in order; a read or write that arrives while changes
+//!   of its file are queued waits for them first ([`ChangeQueue`]).
 //!
-//! Changes (writes, truncates, fsyncs) of one file take the file's FIFO lock, so they keep
-//! their order; a read queued behind a pending truncate or fsync sees it. tokio-uring and
-//! io-uring stay behind this module's small interface ([`Engine::submit`]); nothing else in the
-//! project names them.
+//! [`IoMode::Uring`] uses rings with registered buffers, [`IoMode::Sync`] `pread`/`pwrite`
+//! (chosen with `--io sync`, or automatically, with one log line saying why, where io_uring
+//! is unavailable). io-uring stays behind this crate; nothing else in the project names it.
 
-mod inline;
-mod sync_worker;
-mod uring_worker;
+mod local;
+mod ring;
+mod tuning;
+mod worker;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-use oxcrypt_core::vault::FileHandle;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use oxcrypt_core::chunk_io::{CiphertextIo, PreadIo};
+use oxcrypt_core::vault::{FileHandle, SetLen, WriteAt};
+use oxcrypt_core::{Error, Result};
 
-/// Completion of a read: the cleartext bytes (borrowed from the worker) or an errno.
-pub type ReadDone = Box<dyn FnOnce(Result<&[u8], i32>) + Send>;
-/// Completion of a write: bytes written or an errno.
-pub type WriteDone = Box<dyn FnOnce(Result<u32, i32>) + Send>;
-/// Completion of an operation without a result value.
-pub type Done = Box<dyn FnOnce(Result<(), i32>) + Send>;
+pub use tuning::{Tuning, ABLATIONS};
+use worker::Job;
 
-/// Which engine runs the jobs.
+/// Completion of a change handed to a worker.
+pub type Done = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// Which I/O the engine uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IoMode {
     /// io_uring with registered buffers.
@@ -55,43 +58,68 @@ impl std::fmt::Display for IoMode {
 }
 
 /// Engine settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
     /// `None` picks io_uring when available, else sync.
     pub mode: Option<IoMode>,
     /// Worker threads (0 = one per core).
     pub workers: usize,
-    /// Request-sized registered buffers per worker (twice as many chunk-sized ones).
-    pub buffers_per_worker: usize,
-    /// Use unregistered (plain heap) buffers with io_uring: the ablation of buffer registration.
-    pub unregistered_buffers: bool,
-    /// Do reads and writes of files without a pending truncate or fsync in the submitting
-    /// thread (see `inline.rs`) instead of on a worker.
-    pub inline_io: bool,
+    /// The ablations in force.
+    pub tuning: Tuning,
 }
 
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig {
-            mode: None,
-            workers: 0,
-            // Workers see only truncates, fsyncs and the reads and writes queued behind them.
-            buffers_per_worker: 2,
-            unregistered_buffers: false,
-            inline_io: true,
+/// Changes of one file handed to its worker, counted when submitted and when done, so that a
+/// read or write arriving later can wait for every change submitted before it.
+#[derive(Debug, Default)]
+pub struct ChangeQueue {
+    submitted: AtomicU64,
+    /// Mirrors `completed` for the lock-free fast path.
+    completed_fast: AtomicU64,
+    completed: Mutex<u64>,
+    done: Condvar,
+}
+
+/// Counts one change as completed when dropped (also when its job panicked).
+pub(crate) struct Completion<'a>(&'a ChangeQueue);
+
+impl Drop for Completion<'_> {
+    fn drop(&mut self) {
+        let mut c = self.0.completed.lock().unwrap_or_else(|p| p.into_inner());
+        *c += 1;
+        self.0.completed_fast.store(*c, Ordering::Release);
+        self.0.done.notify_all();
+    }
+}
+
+impl ChangeQueue {
+    fn submitted(&self) {
+        self.submitted.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A guard that counts one change as completed when it is dropped.
+    pub(crate) fn completion(&self) -> Completion<'_> {
+        Completion(self)
+    }
+
+    /// Waits until every change submitted so far is done.
+    fn wait_for_earlier(&self) {
+        let target = self.submitted.load(Ordering::Acquire);
+        if self.completed_fast.load(Ordering::Acquire) >= target {
+            return;
+        }
+        let mut c = self.completed.lock().unwrap_or_else(|p| p.into_inner());
+        while *c < target {
+            c = self.done.wait(c).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
 
-/// An open ciphertext file shared by the FUSE layer and the engine.
+/// An open file as the engine sees it: the core handle (which holds the file's one lock) and
+/// the queue of its changes on the workers.
 pub struct OpenFile {
     id: u64,
     handle: FileHandle,
-    order: tokio::sync::RwLock<()>,
-    /// Changes submitted and not yet completed.
-    changes_pending: AtomicU32,
-    /// Workers that were given a job of this file (bit per worker): only they get `Close`.
-    workers_used: AtomicU64,
+    changes: ChangeQueue,
 }
 
 impl std::fmt::Debug for OpenFile {
@@ -103,14 +131,12 @@ impl std::fmt::Debug for OpenFile {
 }
 
 impl OpenFile {
-    /// Wraps an open vault file; `id` must be unique among open files (e.g. the inode).
+    /// Wraps an open vault file; `id` picks its home worker (e.g. a counter).
     pub fn new(id: u64, handle: FileHandle) -> Arc<Self> {
         Arc::new(OpenFile {
             id,
             handle,
-            order: tokio::sync::RwLock::new(()),
-            changes_pending: AtomicU32::new(0),
-            workers_used: AtomicU64::new(0),
+            changes: ChangeQueue::default(),
         })
     }
 
@@ -123,86 +149,15 @@ impl OpenFile {
     pub fn handle(&self) -> &FileHandle {
         &self.handle
     }
-
-    /// Cleartext size, waiting for writes in flight.
-    pub fn size_blocking(&self) -> Result<u64, i32> {
-        let _g = self.order.blocking_read();
-        self.handle.size().map_err(|e| e.errno())
-    }
 }
 
-/// Offset of a [`Job::Write`] that appends at the current end of file (O_APPEND).
-pub const APPEND: u64 = u64::MAX;
-
-/// A job for a worker.
-pub enum Job {
-    /// Read up to `len` bytes at `offset`.
-    Read {
-        /// The file.
-        file: Arc<OpenFile>,
-        /// Cleartext offset.
-        offset: u64,
-        /// Bytes wanted.
-        len: u32,
-        /// Completion.
-        done: ReadDone,
-    },
-    /// Write `data` at `offset`.
-    Write {
-        /// The file.
-        file: Arc<OpenFile>,
-        /// Cleartext offset, or [`APPEND`].
-        offset: u64,
-        /// The bytes (copied out of the FUSE buffer).
-        data: Vec<u8>,
-        /// Completion.
-        done: WriteDone,
-    },
-    /// Set the cleartext size.
-    SetLen {
-        /// The file.
-        file: Arc<OpenFile>,
-        /// New size.
-        size: u64,
-        /// Completion.
-        done: Done,
-    },
-    /// Flush data (and metadata unless `datasync`) to disk.
-    Sync {
-        /// The file.
-        file: Arc<OpenFile>,
-        /// Data only.
-        datasync: bool,
-        /// Completion.
-        done: Done,
-    },
-    /// The file was released: drop the workers' per-file state.
-    Close {
-        /// The file.
-        file: Arc<OpenFile>,
-    },
-}
-
-impl Job {
-    fn file_id(&self) -> u64 {
-        match self {
-            Job::Read { file, .. }
-            | Job::Write { file, .. }
-            | Job::SetLen { file, .. }
-            | Job::Sync { file, .. }
-            | Job::Close { file } => file.id,
-        }
-    }
-}
-
-/// The running engine: its workers and their queues.
+/// The running engine: its mode and its workers.
 pub struct Engine {
     mode: IoMode,
-    senders: Vec<UnboundedSender<Job>>,
-    /// Round-robin position for reads that may go to any worker.
+    tuning: Tuning,
+    workers: Vec<Sender<Job>>,
+    /// Round-robin position of the `io-on-workers` ablation's reads.
     next_reader: AtomicUsize,
-    inline_io: bool,
-    registered: bool,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -210,7 +165,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("mode", &self.mode)
-            .field("workers", &self.senders.len())
+            .field("workers", &self.workers.len())
             .finish()
     }
 }
@@ -218,18 +173,28 @@ impl std::fmt::Debug for Engine {
 /// Why io_uring cannot be used here, or `None` if it can.
 pub fn uring_unavailable() -> Option<String> {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
         match v.trim() {
             "0" => {}
-            "1" if unsafe { libc::geteuid() } == 0 => {}
+            "1" if root => {}
             other => return Some(format!("/proc/sys/kernel/io_uring_disabled is {other}")),
         }
     }
-    match tokio_uring::uring_builder().build(8) {
+    match io_uring::IoUring::new(8) {
         Ok(_) => None,
         Err(e) => Some(format!(
             "io_uring_setup failed: {e} (old kernel or seccomp filter)"
         )),
     }
+}
+
+/// The error of a job whose worker is gone (only during shutdown).
+fn engine_stopped(file: &OpenFile) -> Error {
+    Error::io(
+        file.handle.path(),
+        std::io::Error::other("the I/O engine has stopped"),
+    )
 }
 
 impl Engine {
@@ -259,185 +224,172 @@ impl Engine {
                 }
             },
         };
-        match Self::spawn(mode, workers, config) {
+        match Self::spawn(mode, workers, config.tuning) {
             Ok(engine) => Ok(engine),
             Err(e) if config.mode.is_none() && mode == IoMode::Uring => {
                 tracing::warn!(
                     "io_uring workers failed to start ({e}); using the pread/pwrite engine"
                 );
-                Self::spawn(IoMode::Sync, workers, config)
+                Self::spawn(IoMode::Sync, workers, config.tuning)
             }
             Err(e) => Err(e),
         }
     }
 
-    fn spawn(mode: IoMode, workers: usize, config: &EngineConfig) -> std::io::Result<Engine> {
-        let mut senders = Vec::with_capacity(workers);
-        let mut threads = Vec::with_capacity(workers);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::io::Result<()>>();
-        for i in 0..workers {
-            let (tx, rx) = unbounded_channel();
-            let ready = ready_tx.clone();
-            let buffers = config.buffers_per_worker.max(1);
-            let unregistered = config.unregistered_buffers;
-            let thread = std::thread::Builder::new()
-                .name(format!("oxcrypt-io-{i}"))
-                .spawn(move || match mode {
-                    IoMode::Uring => uring_worker::run(rx, buffers, unregistered, ready),
-                    IoMode::Sync => {
-                        let _ = ready.send(Ok(()));
-                        sync_worker::run(rx)
-                    }
-                })?;
-            senders.push(tx);
-            threads.push(thread);
-        }
-        drop(ready_tx);
+    fn spawn(mode: IoMode, workers: usize, tuning: Tuning) -> std::io::Result<Engine> {
         let mut engine = Engine {
             mode,
-            senders,
+            tuning,
+            workers: Vec::with_capacity(workers),
             next_reader: AtomicUsize::new(0),
-            inline_io: config.inline_io,
-            registered: !config.unregistered_buffers,
-            threads,
+            threads: Vec::with_capacity(workers),
         };
+        let (ready_tx, ready_rx) = channel::<std::io::Result<()>>();
+        for i in 0..workers {
+            let (tx, rx) = channel();
+            let ready = ready_tx.clone();
+            let registered = !tuning.unregistered_buffers;
+            let thread = std::thread::Builder::new()
+                .name(format!("oxcrypt-io-{i}"))
+                .spawn(move || {
+                    let io: Box<dyn CiphertextIo> = match mode {
+                        IoMode::Uring => match ring::RingIo::new(8, registered) {
+                            Ok(r) => Box::new(r),
+                            Err(e) => {
+                                let _ = ready.send(Err(e));
+                                return;
+                            }
+                        },
+                        IoMode::Sync => Box::new(PreadIo::new()),
+                    };
+                    let _ = ready.send(Ok(()));
+                    drop(ready);
+                    worker::run(rx, io)
+                })?;
+            engine.workers.push(tx);
+            engine.threads.push(thread);
+        }
+        drop(ready_tx);
         for _ in 0..workers {
-            match ready_rx.recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    engine.stop();
-                    return Err(e);
-                }
-                Err(_) => {
-                    engine.stop();
-                    return Err(std::io::Error::other("an I/O worker died while starting"));
-                }
+            let started = ready_rx
+                .recv()
+                .unwrap_or_else(|_| Err(std::io::Error::other("an I/O worker died starting")));
+            if let Err(e) = started {
+                engine.stop();
+                return Err(e);
             }
         }
         tracing::info!(mode = %mode, workers, "I/O engine started");
         Ok(engine)
     }
 
-    /// The engine in use.
+    /// The I/O in use.
     pub fn mode(&self) -> IoMode {
         self.mode
     }
 
-    /// Runs or queues a job. Reads and writes of a file without a pending truncate or fsync
-    /// are done in the calling thread (`inline.rs`); with that off, reads go to the next worker
-    /// in turn. Changes, and reads behind them, go to the file's home worker; `Close` goes to
-    /// every worker that had a job of the file.
-    pub fn submit(&self, job: Job) {
-        let job = match job {
-            Job::Read {
-                file,
-                offset,
-                len,
-                done,
-            } if self.inline_io && file.changes_pending.load(Ordering::Acquire) == 0 => {
-                match inline::read(self.mode, self.registered, &file, offset, len, done) {
-                    None => return,
-                    Some(done) => Job::Read {
-                        file,
-                        offset,
-                        len,
-                        done,
-                    },
-                }
-            }
-            Job::Write {
-                file,
-                offset,
-                data,
-                done,
-            } if self.inline_io && file.changes_pending.load(Ordering::Acquire) == 0 => {
-                match inline::write(self.mode, self.registered, &file, offset, &data) {
-                    Some(r) => return done(r),
-                    None => Job::Write {
-                        file,
-                        offset,
-                        data,
-                        done,
-                    },
-                }
-            }
-            other => other,
-        };
-        let n = self.senders.len();
-        let home = (job.file_id() % n as u64) as usize;
-        let worker = match &job {
-            // The sync workers keep no per-file state.
-            Job::Close { .. } if self.mode == IoMode::Sync => return,
-            Job::Close { file } => {
-                let used = file.workers_used.load(Ordering::Acquire);
-                for (i, tx) in self.senders.iter().enumerate() {
-                    if i != home && i < 64 && used & (1 << i) != 0 {
-                        let _ = tx.send(Job::Close { file: file.clone() });
-                    }
-                }
-                home
-            }
-            Job::Read { file, .. } if file.changes_pending.load(Ordering::Acquire) == 0 => {
-                self.next_reader.fetch_add(1, Ordering::Relaxed) % n
-            }
-            _ => home,
-        };
-        if let Job::Read { file, .. } = &job {
-            if worker != home && worker < 64 {
-                file.workers_used.fetch_or(1 << worker, Ordering::AcqRel);
-            }
-        }
-        let job = match job {
-            Job::Write {
-                file,
-                offset,
-                data,
-                done,
-            } => Job::Write {
-                done: Self::track_change(&file, done),
-                file,
-                offset,
-                data,
-            },
-            Job::SetLen { file, size, done } => Job::SetLen {
-                done: Self::track_change(&file, done),
-                file,
-                size,
-            },
-            Job::Sync {
-                file,
-                datasync,
-                done,
-            } => Job::Sync {
-                done: Self::track_change(&file, done),
-                file,
-                datasync,
-            },
-            other => other,
-        };
-        if let Err(failed) = self.senders[worker].send(job) {
-            // The worker is gone (only during shutdown): fail the job instead of losing it.
-            fail(failed.0, libc::EIO);
+    fn home(&self, file: &OpenFile) -> &Sender<Job> {
+        &self.workers[(file.id % self.workers.len() as u64) as usize]
+    }
+
+    fn send(&self, to: &Sender<Job>, job: Job, file: &OpenFile) {
+        if let Err(failed) = to.send(job) {
+            failed.0.fail(|| engine_stopped(file));
         }
     }
 
-    /// Counts a change of `file` as pending until its completion runs: the count drops before
-    /// the caller hears of it, so a read it triggers need not queue behind it.
-    fn track_change<T: 'static>(
-        file: &Arc<OpenFile>,
-        done: Box<dyn FnOnce(Result<T, i32>) + Send>,
-    ) -> Box<dyn FnOnce(Result<T, i32>) + Send> {
-        file.changes_pending.fetch_add(1, Ordering::AcqRel);
-        let file = file.clone();
-        Box::new(move |r| {
-            file.changes_pending.fetch_sub(1, Ordering::Release);
-            done(r)
+    /// Reads up to `out.len()` cleartext bytes at `offset` of `file` straight into `out`, in
+    /// this thread, after the file's queued changes; returns the count (0 at end of file).
+    pub fn read(&self, file: &Arc<OpenFile>, offset: u64, out: &mut [u8]) -> Result<usize> {
+        file.changes.wait_for_earlier();
+        if self.tuning.io_on_workers {
+            return self.read_on_worker(file, offset, out);
+        }
+        local::with_io(self.mode, !self.tuning.unregistered_buffers, |io| {
+            file.handle.read_with(io, offset, out)
         })
+    }
+
+    /// Writes `data` at `at` of `file` in this thread, after the file's queued changes;
+    /// returns the offset written at.
+    pub fn write(&self, file: &Arc<OpenFile>, at: WriteAt, data: &[u8]) -> Result<u64> {
+        file.changes.wait_for_earlier();
+        if self.tuning.io_on_workers {
+            return self.write_on_worker(file, at, data);
+        }
+        local::with_io(self.mode, !self.tuning.unregistered_buffers, |io| {
+            file.handle.write_with(io, at, data)
+        })
+    }
+
+    /// Changes the size of `file` on its home worker; `done` runs there.
+    pub fn set_len(&self, file: &Arc<OpenFile>, target: SetLen, done: Done) {
+        file.changes.submitted();
+        let job = Job::SetLen {
+            file: file.clone(),
+            target,
+            done,
+        };
+        self.send(self.home(file), job, file);
+    }
+
+    /// Flushes `file` to disk on its home worker, after its queued changes; `done` runs there.
+    pub fn sync(&self, file: &Arc<OpenFile>, datasync: bool, done: Done) {
+        file.changes.submitted();
+        let job = Job::Sync {
+            file: file.clone(),
+            datasync,
+            done,
+        };
+        self.send(self.home(file), job, file);
+    }
+
+    /// Waits until every job queued so far on every worker is done.
+    pub fn drain(&self) {
+        let (tx, rx) = channel();
+        let sent = self
+            .workers
+            .iter()
+            .filter(|w| w.send(Job::Barrier(tx.clone())).is_ok())
+            .count();
+        drop(tx);
+        for _ in 0..sent {
+            let _ = rx.recv();
+        }
+    }
+
+    /// The `io-on-workers` ablation of [`read`](Self::read): the next worker in turn reads.
+    fn read_on_worker(&self, file: &Arc<OpenFile>, offset: u64, out: &mut [u8]) -> Result<usize> {
+        let (reply, result) = channel();
+        let n = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        let job = Job::Read {
+            file: file.clone(),
+            offset,
+            len: out.len(),
+            reply,
+        };
+        self.send(&self.workers[n], job, file);
+        let data = result.recv().map_err(|_| engine_stopped(file))??;
+        out[..data.len()].copy_from_slice(&data);
+        Ok(data.len())
+    }
+
+    /// The `io-on-workers` ablation of [`write`](Self::write): the home worker writes.
+    fn write_on_worker(&self, file: &Arc<OpenFile>, at: WriteAt, data: &[u8]) -> Result<u64> {
+        let (reply, result) = channel();
+        let job = Job::Write {
+            file: file.clone(),
+            at,
+            data: data.to_vec(),
+            reply,
+        };
+        self.send(self.home(file), job, file);
+        result.recv().map_err(|_| engine_stopped(file))?
     }
 
     /// Finishes every queued job, then stops the workers.
     pub fn stop(&mut self) {
-        self.senders.clear();
+        self.workers.clear();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -447,15 +399,5 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// Completes a job with an error.
-pub(crate) fn fail(job: Job, errno: i32) {
-    match job {
-        Job::Read { done, .. } => done(Err(errno)),
-        Job::Write { done, .. } => done(Err(errno)),
-        Job::SetLen { done, .. } | Job::Sync { done, .. } => done(Err(errno)),
-        Job::Close { .. } => {}
     }
 }
