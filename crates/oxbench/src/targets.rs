@@ -45,12 +45,7 @@ fn which(bin: &str) -> bool {
 }
 
 fn is_mounted(p: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = p.to_string_lossy();
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.as_ref()))
+    oxcrypt_fuse::mountinfo::mount_at(p).is_some()
 }
 
 impl Target {

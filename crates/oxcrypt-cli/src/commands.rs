@@ -10,24 +10,9 @@ use oxcrypt_core::check::Severity;
 use oxcrypt_core::vault::{Attr, FileType};
 use oxcrypt_core::{CipherCombo, CreateOptions, Error, Node, NodeKind, Vault};
 
-use crate::{password, CipherArg, Global, EXIT_OK};
-
-/// Unlocks the vault at `path` with the password from the usual sources.
-pub fn unlock(g: &Global, path: &Path) -> Result<Vault> {
-    let pw = password::vault_password(g.password_file.as_deref(), false)?;
-    Vault::open(path, &pw).with_context(|| format!("cannot open vault {}", path.display()))
-}
-
-/// Joins a vault path and a name.
-pub fn join(parent: &str, name: &str) -> String {
-    let p = parent.trim_end_matches('/');
-    format!("{p}/{name}")
-}
-
-/// The last component of a vault path.
-pub fn base_name(path: &str) -> &str {
-    path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
-}
+use crate::password::{self, unlock};
+use crate::vault_path::join;
+use crate::{CipherArg, Global, EXIT_OK};
 
 pub fn init(g: &Global, vault: &Path, cipher: CipherArg, scrypt_cost: u64) -> Result<u8> {
     if scrypt_cost < 2 || !scrypt_cost.is_power_of_two() {
@@ -340,7 +325,7 @@ pub fn passwd(g: &Global, vault: &Path, new_password_file: Option<&Path>) -> Res
 
 pub fn check(g: &Global, vault: &Path) -> Result<u8> {
     let v = unlock(g, vault)?;
-    let bar = crate::transfer::progress_bar(None, "checking");
+    let bar = crate::progress::progress_bar(None, "checking");
     let report = oxcrypt_core::check::check(&v, &mut |bytes| {
         if let Some(b) = &bar {
             b.set_position(bytes);

@@ -6,7 +6,9 @@
 mod commands;
 mod mount;
 mod password;
+mod progress;
 mod transfer;
+mod vault_path;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]

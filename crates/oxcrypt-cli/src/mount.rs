@@ -38,7 +38,7 @@ fn open_or_init(g: &Global, args: &MountArgs<'_>) -> Result<Vault> {
         eprintln!("created vault {}", args.vault.display());
         return Ok(v);
     }
-    crate::commands::unlock(g, args.vault)
+    password::unlock(g, args.vault)
 }
 
 /// Lazily unmounts a mount whose daemon died, so a new mount can take its place.

@@ -4,7 +4,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use oxcrypt_core::Vault;
 use zeroize::Zeroizing;
+
+use crate::Global;
 
 /// Environment variable holding the vault password (for scripts).
 pub const PASSWORD_ENV: &str = "OXCRYPT_PASSWORD";
@@ -69,4 +72,10 @@ pub fn new_password(file: Option<&Path>) -> Result<Zeroizing<String>> {
         bail!("the password must not be empty");
     }
     Ok(pw)
+}
+
+/// Unlocks the vault at `path` with the password from the usual sources.
+pub fn unlock(g: &Global, path: &Path) -> Result<Vault> {
+    let pw = vault_password(g.password_file.as_deref(), false)?;
+    Vault::open(path, &pw).with_context(|| format!("cannot open vault {}", path.display()))
 }

@@ -2,39 +2,20 @@
 //! 1 MiB blocks, with a progress bar when stderr is a terminal.
 
 use std::fs;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use oxcrypt_core::{Error, Node, NodeKind, Vault};
 
-use crate::commands::{base_name, join, unlock};
+use crate::password::unlock;
+use crate::progress::progress_bar;
+use crate::vault_path::{base_name, join};
 use crate::{Global, EXIT_OK};
 
 const BLOCK: usize = 1 << 20;
-
-/// A byte progress bar on stderr, or `None` when stderr is not a terminal.
-pub fn progress_bar(total: Option<u64>, message: &'static str) -> Option<ProgressBar> {
-    if !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = match total {
-        Some(t) => ProgressBar::new(t),
-        None => ProgressBar::no_length(),
-    };
-    let template = if total.is_some() {
-        "{msg:>10} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-    } else {
-        "{msg:>10} {spinner} {bytes} {bytes_per_sec}"
-    };
-    if let Ok(style) = ProgressStyle::with_template(template) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(message);
-    Some(bar)
-}
 
 fn local_size(path: &Path) -> u64 {
     match fs::symlink_metadata(path) {
@@ -209,18 +190,18 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
             let fh = v.open_file(node, false)?;
             // Write to a temp file first: an authentication failure halfway must not leave a
             // file that looks complete.
+            // Its name is short whatever the file's (a 255-byte name has no room for a suffix),
+            // new (O_EXCL) and not a symlink someone planted (O_NOFOLLOW).
             let tmp = dest.with_file_name(format!(
-                ".{}.oxcrypt-part",
-                dest.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default()
+                ".oxcrypt-get-{:016x}.part",
+                u64::from_le_bytes(oxcrypt_core::random::bytes())
             ));
             let result = (|| -> Result<()> {
                 let mut out = fs::OpenOptions::new()
                     .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(attr.perm)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(0o600)
                     .open(&tmp)
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
                 let mut buf = vec![0u8; BLOCK];

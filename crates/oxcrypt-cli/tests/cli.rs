@@ -359,3 +359,27 @@ fn tampering_is_detected_and_refused() {
         );
     }
 }
+
+/// A 255-byte name (the most Linux allows) round-trips through `put` and `get`, and `get`
+/// leaves no temporary file behind. Its temporary name used to be the name plus a suffix,
+/// which failed with "File name too long".
+#[test]
+fn get_of_a_255_byte_name() {
+    let f = new_vault("SIV_GCM");
+    let name = format!("{}.bin", "n".repeat(251));
+    assert_eq!(name.len(), 255);
+    let src = f.work.join(&name);
+    fs::write(&src, b"longest name").unwrap();
+    ok(&["put", s(&f.vault), s(&src), &format!("/{name}")]);
+    let out_dir = f.work.join("out");
+    fs::create_dir(&out_dir).unwrap();
+    ok(&[
+        "get",
+        s(&f.vault),
+        &format!("/{name}"),
+        s(&out_dir.join(&name)),
+    ]);
+    assert_eq!(fs::read(out_dir.join(&name)).unwrap(), b"longest name");
+    let left: Vec<_> = fs::read_dir(&out_dir).unwrap().collect();
+    assert_eq!(left.len(), 1, "temporary files left behind");
+}

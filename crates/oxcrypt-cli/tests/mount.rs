@@ -4,22 +4,24 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PW: &str = "mount test password";
-const BIN: &str = env!("CARGO_BIN_EXE_oxcrypt");
+/// The binary under test: this build's, or `$OXCRYPT_TEST_BIN` (to show that a test fails on
+/// an older build).
+fn bin() -> String {
+    std::env::var("OXCRYPT_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_oxcrypt").into())
+}
 
 fn is_mounted(p: &Path) -> bool {
     let canon = fs::canonicalize(p.parent().unwrap())
         .unwrap()
         .join(p.file_name().unwrap());
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(canon.to_str().unwrap()))
+    oxcrypt_fuse::mountinfo::mount_at(&canon).is_some()
 }
 
 /// A mounted vault in a temp dir; always unmounted and reaped on drop, even after a failure.
@@ -42,7 +44,7 @@ impl Mount {
 
     fn at(vault: &Path, mnt: &Path, pw: &str, extra: &[&str]) -> Mount {
         let _ = fs::create_dir_all(mnt); // fails on a stale mount, which the daemon cleans
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .arg("mount")
             .arg(vault)
             .arg(mnt)
@@ -76,7 +78,7 @@ impl Mount {
 
     /// Unmounts with `oxcrypt umount` and returns the daemon's exit status.
     fn unmount(mut self) -> std::process::ExitStatus {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .arg("umount")
             .arg(&self.mnt)
             .output()
@@ -91,7 +93,7 @@ impl Mount {
 }
 
 fn init_vault(vault: &Path) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["init", vault.to_str().unwrap(), "--scrypt-cost", "16"])
         .env("OXCRYPT_PASSWORD", PW)
         .output()
@@ -537,7 +539,7 @@ fn mount_and_offline_cli_agree_both_ways() {
     let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
     fs::write(m.mnt.join("via-mount"), &data).unwrap();
-    let cat = Command::new(BIN)
+    let cat = Command::new(bin())
         .args(["cat", vault.to_str().unwrap(), "/via-mount"])
         .env("OXCRYPT_PASSWORD", PW)
         .output()
@@ -547,7 +549,7 @@ fn mount_and_offline_cli_agree_both_ways() {
     // Written offline, read through a new mount.
     let local = tempfile::NamedTempFile::new().unwrap();
     fs::write(local.path(), b"from the cli").unwrap();
-    let put = Command::new(BIN)
+    let put = Command::new(bin())
         .args([
             "put",
             vault.to_str().unwrap(),
@@ -699,7 +701,7 @@ fn sigterm_flushes_and_unmounts_with_status_0() {
     let status = m.child.take().unwrap().wait().unwrap();
     assert!(status.success(), "daemon exit: {status:?}");
     assert!(!is_mounted(&m.mnt));
-    let cat = Command::new(BIN)
+    let cat = Command::new(bin())
         .args(["cat", m.vault.to_str().unwrap(), "/open-at-exit"])
         .env("OXCRYPT_PASSWORD", PW)
         .output()
@@ -711,7 +713,7 @@ fn sigterm_flushes_and_unmounts_with_status_0() {
 fn bad_mountpoints_get_clear_errors() {
     let m = Mount::fresh(&[]);
     let try_mount = |mnt: &Path| {
-        Command::new(BIN)
+        Command::new(bin())
             .arg("mount")
             .arg(&m.vault)
             .arg(mnt)
@@ -741,7 +743,7 @@ fn bad_mountpoints_get_clear_errors() {
     // Wrong password: exit 3, nothing mounted.
     let other = m.vault.parent().unwrap().join("other");
     fs::create_dir(&other).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .arg("mount")
         .arg(&m.vault)
         .arg(&other)
@@ -782,7 +784,7 @@ fn changes_behind_the_mounts_back_show_after_the_cache_ttl() {
     // A sync client (here: the offline CLI) replaces the file in the ciphertext directory.
     let local = tmp.path().join("v2");
     fs::write(&local, b"version two, longer").unwrap();
-    let put = Command::new(BIN)
+    let put = Command::new(bin())
         .args([
             "put",
             vault.to_str().unwrap(),
@@ -800,5 +802,105 @@ fn changes_behind_the_mounts_back_show_after_the_cache_ttl() {
     std::thread::sleep(Duration::from_millis(1500));
     // No stale page cache, no stale size.
     assert_eq!(fs::read(&p).unwrap(), b"version two, longer");
+    assert!(m.unmount().success());
+}
+
+/// Runs `f` on another thread and fails the test if it takes longer than `secs` (a hung
+/// mount must fail the test, not hang it).
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("{what}: no answer within {secs} s"))
+}
+
+/// A panic while answering one request is answered with EIO and the daemon goes on serving,
+/// even with a single FUSE thread (debug builds panic on a lookup of `.oxcrypt-test-panic`).
+#[test]
+fn a_panicking_request_gets_eio_and_the_mount_goes_on() {
+    let m = Mount::fresh(&["--threads", "1"]);
+    let root = m.mnt.clone();
+    let r = within(20, "lookup that panics", {
+        let p = root.join(".oxcrypt-test-panic");
+        move || fs::metadata(p)
+    });
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    within(20, "requests after the panic", move || {
+        fs::write(root.join("after"), b"still serving").unwrap();
+        assert_eq!(fs::read(root.join("after")).unwrap(), b"still serving");
+    });
+    assert!(m.unmount().success());
+}
+
+/// fallocate racing an appender never cuts appended bytes off: the grow reads the size under
+/// the file's lock (it used to read it first and set the length later).
+#[test]
+fn fallocate_racing_an_appender_never_shrinks_the_file() {
+    let m = Mount::fresh(&[]);
+    let f = m.mnt.join("log");
+    File::create(&f).unwrap();
+    const RECORDS: usize = 400;
+    const REC: usize = 4096;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut a = OpenOptions::new().append(true).open(&f).unwrap();
+            for i in 0..RECORDS {
+                a.write_all(&[(i % 250) as u8 + 1; REC]).unwrap();
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        s.spawn(|| {
+            let g = OpenOptions::new().write(true).open(&f).unwrap();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let len = g.metadata().unwrap().len();
+                // SAFETY: a valid descriptor; mode 0 only grows.
+                let r = unsafe { libc::fallocate(g.as_raw_fd(), 0, 0, len as i64 + 1) };
+                assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+            }
+        });
+    });
+    // Every appended byte is still there, records whole and in order (a fallocate may have
+    // put single zero bytes between them).
+    let data = fs::read(&f).unwrap();
+    let kept: Vec<u8> = data.iter().copied().filter(|&b| b != 0).collect();
+    assert_eq!(kept.len(), RECORDS * REC, "appended bytes were lost");
+    for (i, rec) in kept.chunks(REC).enumerate() {
+        assert!(
+            rec.iter().all(|&b| b == (i % 250) as u8 + 1),
+            "record {i} torn"
+        );
+    }
+    assert!(m.unmount().success());
+}
+
+/// No descriptor leaks however many I/O workers there are (a u64 bitmask used to miss
+/// workers above 64, whose duplicated descriptors were never closed).
+#[test]
+fn no_descriptor_leak_with_more_than_64_workers() {
+    let m = Mount::fresh(&["--threads", "70", "--ablate", "io-on-workers"]);
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", m.pid()))
+            .unwrap()
+            .count()
+    };
+    for i in 0..5 {
+        fs::write(m.mnt.join(format!("warm{i}")), b"x").unwrap();
+    }
+    let before = fds();
+    for i in 0..200 {
+        let p = m.mnt.join(format!("f{i}"));
+        fs::write(&p, vec![i as u8; 10_000]).unwrap();
+        for _ in 0..2 {
+            assert_eq!(fs::read(&p).unwrap().len(), 10_000);
+        }
+    }
+    let after = fds();
+    assert!(
+        after <= before + 2,
+        "descriptors: {before} before, {after} after"
+    );
     assert!(m.unmount().success());
 }

@@ -58,9 +58,18 @@ pub struct StatFs {
     pub frsize: u32,
 }
 
+/// Fault injection of debug builds: a LOOKUP of this name panics, so the tests can check
+/// that a panicking handler costs one EIO and not the session thread.
+#[cfg(debug_assertions)]
+pub const PANIC_ON_LOOKUP: &str = ".oxcrypt-test-panic";
+
 impl Fs {
     /// LOOKUP: `name` in directory `parent`, counted as one kernel lookup.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> OpResult<Entry> {
+        #[cfg(debug_assertions)]
+        if name == PANIC_ON_LOOKUP.as_bytes() {
+            panic!("fault injection: lookup of {PANIC_ON_LOOKUP}");
+        }
         self.with_arena(|bump| {
             let name = name_in(bump, name)?;
             // A fresh listing answers without touching the ciphertext tree.
