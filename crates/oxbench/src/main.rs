@@ -82,6 +82,10 @@ enum Cmd {
         /// Measure an existing mountpoint too.
         #[arg(long, value_name = "PATH")]
         mounted: Vec<PathBuf>,
+        /// Also run this other oxcrypt binary (e.g. a build of the previous commit), as the
+        /// target `oxcrypt-before`, so a change is measured against its baseline in one run.
+        #[arg(long, value_name = "PATH")]
+        compare_oxcrypt: Option<PathBuf>,
     },
     /// Run oxcrypt with one design choice turned off at a time.
     Ablation {
@@ -118,6 +122,7 @@ fn run(cli: Cli) -> Result<()> {
             common,
             targets,
             mounted,
+            compare_oxcrypt,
         } => {
             let bin = common.oxcrypt.clone().unwrap_or_else(default_oxcrypt);
             let mut list = Vec::new();
@@ -126,6 +131,9 @@ fn run(cli: Cli) -> Result<()> {
                     Ok(t) => list.push(t),
                     Err(why) => eprintln!("oxbench: skipping {why}"),
                 }
+            }
+            if let Some(before) = &compare_oxcrypt {
+                list.push(Target::oxcrypt_variant("oxcrypt-before", before, &[]));
             }
             list.extend(mounted.iter().map(|p| Target::mounted(p)));
             bench(&common, list)
