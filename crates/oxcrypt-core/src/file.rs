@@ -2,7 +2,7 @@
 //! that every reader and writer of the file takes, whichever engine does the I/O.
 
 use std::cell::RefCell;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -72,11 +72,7 @@ impl FileHandle {
         content: Arc<ContentCryptor>,
         writable: bool,
     ) -> Result<FileHandle> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(&path)
-            .at(&path)?;
+        let file = crate::store::open_file(&path, writable)?;
         let hl = content.combo().header_len();
         let mut buf = [0u8; MAX_HEADER_LEN];
         let len = file.metadata().at(&path)?.len();

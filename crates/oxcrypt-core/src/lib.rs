@@ -22,6 +22,7 @@ pub mod masterkey_file;
 pub mod names;
 pub mod node;
 pub mod random;
+pub mod store;
 pub mod tree;
 pub mod vault;
 

@@ -104,7 +104,7 @@ impl MasterkeyFile {
 
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = crate::store::read_bounded(path, 64 * 1024)?;
         Self::parse(path, &text)
     }
 

@@ -1,7 +1,7 @@
 //! Changes to the tree: create, mkdir, symlink, unlink, rmdir, rename, exchange, and the
 //! node attributes (permissions, times, owner) that live on the ciphertext files.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
@@ -16,6 +16,7 @@ use crate::node::{
     attr_from, Attr, DirId, FileType, Node, NodeKind, CONTENTS_FILE, DIRID_FILE, DIR_FILE,
     MAX_SYMLINK_TARGET, NAME_FILE, SYMLINK_FILE,
 };
+use crate::store::{self, Expect};
 use crate::vault::{is_not_found, Vault};
 
 impl Vault {
@@ -354,14 +355,9 @@ impl Vault {
         Ok(())
     }
 
-    /// Whether directory `ancestor` is `dir` or contains it (walks up through the cache of
+    /// Sets the permission bits of a node.
     pub fn set_perm(&self, node: &Node, perm: u32) -> Result<()> {
-        let path = self.attr_path(node);
-        fs::set_permissions(
-            &path,
-            std::os::unix::fs::PermissionsExt::from_mode(perm & 0o7777),
-        )
-        .at(&path)
+        store::set_mode(&self.attr_path(node), Self::attr_kind(node), perm)
     }
 
     /// Sets access and modification times of a node (`None` leaves one unchanged).
@@ -371,21 +367,20 @@ impl Vault {
         atime: Option<SystemTime>,
         mtime: Option<SystemTime>,
     ) -> Result<()> {
-        let path = self.attr_path(node);
-        let f = File::open(&path).at(&path)?;
-        let mut times = fs::FileTimes::new();
-        if let Some(a) = atime {
-            times = times.set_accessed(a);
-        }
-        if let Some(m) = mtime {
-            times = times.set_modified(m);
-        }
-        f.set_times(times).at(&path)
+        store::set_times(&self.attr_path(node), Self::attr_kind(node), atime, mtime)
     }
 
     /// Changes owner and/or group of a node.
     pub fn chown(&self, node: &Node, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-        let path = self.attr_path(node);
-        std::os::unix::fs::chown(&path, uid, gid).at(&path)
+        store::set_owner(&self.attr_path(node), Self::attr_kind(node), uid, gid)
+    }
+
+    /// What the file behind [`attr_path`](Vault::attr_path) must be.
+    fn attr_kind(node: &Node) -> Expect {
+        if node.is_dir() {
+            Expect::Dir
+        } else {
+            Expect::File
+        }
     }
 }

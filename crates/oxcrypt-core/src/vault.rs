@@ -5,7 +5,7 @@
 //! Every method takes `&self` and is safe to call from many threads at once. Directory ids are
 //! cached in a [`DirIdCache`] (DashMap); file content never passes through a whole-file buffer.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use crate::fsutil::write_atomic;
 use crate::keys::MasterKeys;
 use crate::masterkey_file::{MasterkeyFile, DEFAULT_SCRYPT_COST};
 use crate::names::{normalize_name, normalize_name_in, NameCodec, C9R, C9S};
+use crate::store::{self, Expect};
 
 pub use crate::chunk_io::BATCH_CHUNKS;
 pub use crate::dir_cache::DirIdCache;
@@ -68,17 +69,10 @@ impl std::fmt::Debug for Vault {
     }
 }
 
-pub(crate) fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let f = File::open(path).at(path)?;
-    let len = f.metadata().at(path)?.len();
-    if len > limit {
-        return Err(Error::BrokenNode {
-            path: path.to_path_buf(),
-            why: format!("{len} bytes, more than the {limit} allowed"),
-        });
-    }
-    fs::read(path).at(path)
-}
+/// Longest `vault.cryptomator` or masterkey file read.
+const CONFIG_LIMIT: u64 = 64 * 1024;
+/// Longest `dirid.c9r` read (a header and one chunk of a 36-byte id, with room to spare).
+const DIRID_LIMIT: u64 = 4096;
 
 pub(crate) fn is_not_found(e: &std::io::Error) -> bool {
     e.kind() == ErrorKind::NotFound
@@ -88,10 +82,12 @@ impl Vault {
     /// Unlocks the vault at `path` with `password`.
     pub fn open(path: &Path, password: &str) -> Result<Vault> {
         let config_path = path.join(CONFIG_FILE);
-        let token = match fs::read(&config_path) {
+        let token = match store::read_bounded(&config_path, CONFIG_LIMIT) {
             Ok(t) => t,
-            Err(e) if is_not_found(&e) => return Err(Self::missing_config(path, e)),
-            Err(e) => return Err(Error::io(&config_path, e)),
+            Err(Error::Io { source, .. }) if is_not_found(&source) => {
+                return Err(Self::missing_config(path, source))
+            }
+            Err(e) => return Err(e),
         };
         let token = String::from_utf8(token)
             .map_err(|_| Error::malformed(&config_path, "not ASCII text"))?;
@@ -101,7 +97,7 @@ impl Vault {
         let config = VaultConfig::verify(&config_path, &token, &keys)?;
         let vault = Self::with_keys(path, config, keys);
         let root_dir = vault.content_dir(&vault.root);
-        if !root_dir.is_dir() {
+        if store::metadata(&root_dir, Expect::Dir).is_err() {
             return Err(Error::BrokenNode {
                 path: root_dir,
                 why: "the root content directory is missing".into(),
@@ -170,7 +166,7 @@ impl Vault {
     pub fn change_password(&self, new_password: &str) -> Result<PathBuf> {
         use sha2::Digest;
         let mk_path = self.path.join(&self.config.masterkey_file);
-        let old = fs::read(&mk_path).at(&mk_path)?;
+        let old = store::read_bounded(&mk_path, CONFIG_LIMIT)?;
         let old_mk = MasterkeyFile::parse(&mk_path, &old)?;
         let digest = sha2::Sha256::digest(&old);
         let suffix: String = digest[..4].iter().map(|b| format!("{b:02X}")).collect();
@@ -285,7 +281,7 @@ impl Vault {
             return Ok(node(NodeKind::File));
         }
         let dir_file = entry.join(DIR_FILE);
-        match read_limited(&dir_file, 1000) {
+        match store::read_bounded(&dir_file, 1000) {
             Ok(id) => {
                 let id = String::from_utf8(id)
                     .ok()
@@ -299,10 +295,10 @@ impl Vault {
             Err(Error::Io { source, .. }) if is_not_found(&source) => {}
             Err(e) => return Err(e),
         }
-        if entry.join(SYMLINK_FILE).is_file() {
+        if store::is_regular(&entry.join(SYMLINK_FILE)) {
             return Ok(node(NodeKind::Symlink));
         }
-        if shortened && entry.join(CONTENTS_FILE).is_file() {
+        if shortened && store::is_regular(&entry.join(CONTENTS_FILE)) {
             return Ok(node(NodeKind::File));
         }
         Err(Error::BrokenNode {
@@ -445,7 +441,7 @@ impl Vault {
             });
         }
         let name_file = path.join(NAME_FILE);
-        let long = match read_limited(&name_file, 10 * 1024) {
+        let long = match store::read_bounded(&name_file, 10 * 1024) {
             Ok(b) => b,
             Err(Error::Io { source, .. }) if is_not_found(&source) => {
                 return Err(Error::BrokenNode {
@@ -486,7 +482,12 @@ impl Vault {
             NodeKind::Directory(id) => (self.content_dir(id), FileType::Directory),
             NodeKind::Symlink => (node.payload_path(), FileType::Symlink),
         };
-        let md = fs::metadata(&path).at(&path)?;
+        let expect = if kind == FileType::Directory {
+            Expect::Dir
+        } else {
+            Expect::File
+        };
+        let md = store::metadata(&path, expect)?;
         let size = match kind {
             FileType::Directory => md.len(),
             FileType::File => self.cleartext_size_of(&path, md.len())?,
@@ -560,7 +561,7 @@ impl Vault {
             return Err(Error::NotASymlink(node.name.clone()));
         }
         let path = node.payload_path();
-        let data = read_limited(
+        let data = store::read_bounded(
             &path,
             self.content
                 .combo()
@@ -582,10 +583,10 @@ impl Vault {
     /// Reads and verifies a directory's `dirid.c9r` backup; `Ok(None)` if there is none.
     pub fn read_dirid_backup(&self, dir: &DirId) -> Result<Option<String>> {
         let path = self.content_dir(dir).join(DIRID_FILE);
-        let data = match fs::read(&path) {
+        let data = match store::read_bounded(&path, DIRID_LIMIT) {
             Ok(d) => d,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(Error::io(&path, e)),
+            Err(Error::Io { source, .. }) if is_not_found(&source) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let clear = self
             .content
@@ -602,7 +603,8 @@ impl Vault {
             })
     }
 
-    /// known parents by listing; used to refuse moving a directory into itself).
+    /// Whether the cleartext `path` is `ancestor` or lies below it (used to refuse moving a
+    /// directory into itself).
     pub fn path_is_within(path: &str, ancestor: &str) -> bool {
         let clean = |p: &str| -> Vec<String> {
             p.split('/')
