@@ -69,7 +69,8 @@ pub struct Global {
     /// Read the vault password from the first line of FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
-    /// More log output on stderr (-v: info, -vv: debug).
+    /// More log output on stderr (-v: info, -vv: debug). Debug output names files and
+    /// directories in cleartext: do not share it, and do not leave -vv on in a service.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -317,7 +318,21 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+/// No core dumps and no ptrace by other processes of the same user: the process holds keys.
+fn harden_process() {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid arguments.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+        libc::setrlimit(libc::RLIMIT_CORE, &none);
+    }
+}
+
 fn main() -> ExitCode {
+    harden_process();
     let cli = Cli::parse();
     init_logging(cli.global.verbose);
     let result = run(cli);

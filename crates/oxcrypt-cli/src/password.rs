@@ -15,12 +15,45 @@ pub const PASSWORD_ENV: &str = "OXCRYPT_PASSWORD";
 pub const NEW_PASSWORD_ENV: &str = "OXCRYPT_NEW_PASSWORD";
 
 fn from_file(path: &Path) -> Result<Zeroizing<String>> {
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read password file {}", path.display()))?,
-    );
+    use std::os::unix::fs::PermissionsExt;
+    let mut file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read password file {}", path.display()))?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        eprintln!(
+            "oxcrypt: warning: password file {} can be read by others (mode {:04o}); chmod 600 it",
+            path.display(),
+            mode & 0o7777
+        );
+    }
+    let mut text = Zeroizing::new(String::new());
+    std::io::Read::read_to_string(&mut file, &mut text)
+        .with_context(|| format!("cannot read password file {}", path.display()))?;
     let line = text.lines().next().unwrap_or("");
     Ok(Zeroizing::new(line.to_string()))
+}
+
+/// Reads environment variable `name` and removes it from this process, overwriting its bytes:
+/// `/proc/PID/environ` shows the environment block the process started with, which
+/// `unsetenv` alone leaves intact. Call before any thread starts.
+pub fn take_env(name: &str) -> Option<Zeroizing<String>> {
+    let value = Zeroizing::new(std::env::var(name).ok()?);
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: single-threaded here (called while unlocking, before the mount's threads);
+    // getenv points into the environment, at the value of a contiguous `NAME=value` string,
+    // which stays mapped after unsetenv drops it from `environ`.
+    unsafe {
+        let v = libc::getenv(cname.as_ptr());
+        if !v.is_null() {
+            let start = v.sub(name.len() + 1);
+            let len = name.len() + 1 + libc::strlen(v);
+            libc::unsetenv(cname.as_ptr());
+            for i in 0..len {
+                std::ptr::write_volatile(start.add(i), 0);
+            }
+        }
+    }
+    Some(value)
 }
 
 fn prompt(label: &str, confirm: bool) -> Result<Zeroizing<String>> {
@@ -48,8 +81,8 @@ fn prompt(label: &str, confirm: bool) -> Result<Zeroizing<String>> {
 pub fn vault_password(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
     let pw = if let Some(f) = file {
         from_file(f)?
-    } else if let Ok(pw) = std::env::var(PASSWORD_ENV) {
-        Zeroizing::new(pw)
+    } else if let Some(pw) = take_env(PASSWORD_ENV) {
+        pw
     } else {
         prompt("Vault password", confirm)?
     };
@@ -63,8 +96,8 @@ pub fn vault_password(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<St
 pub fn new_password(file: Option<&Path>) -> Result<Zeroizing<String>> {
     let pw = if let Some(f) = file {
         from_file(f)?
-    } else if let Ok(pw) = std::env::var(NEW_PASSWORD_ENV) {
-        Zeroizing::new(pw)
+    } else if let Some(pw) = take_env(NEW_PASSWORD_ENV) {
+        pw
     } else {
         prompt("New vault password", true)?
     };

@@ -904,3 +904,149 @@ fn no_descriptor_leak_with_more_than_64_workers() {
     );
     assert!(m.unmount().success());
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs {
+    dir: PathBuf,
+}
+
+impl SmallFs {
+    fn new(at: &Path, size: &str) -> SmallFs {
+        fs::create_dir_all(at).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs");
+        SmallFs {
+            dir: at.to_path_buf(),
+        }
+    }
+
+    /// Fills the file system with `filler` until it is full.
+    fn fill(&self, filler: &Path) {
+        let mut f = File::create(filler).unwrap();
+        let block = vec![0x55u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+/// An append on a full disk fails with ENOSPC and the bytes stored before it stay readable
+/// (the old partial last chunk used to be rewritten in place and torn). A truncate that grows
+/// past the free space fails at once and leaves the file as it was.
+#[test]
+fn a_full_disk_fails_appends_and_grows_and_keeps_what_was_stored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = SmallFs::new(&tmp.path().join("small"), "3m");
+    let vault = small.dir.join("vault");
+    init_vault(&vault);
+    let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(m.mnt.join("f"), &data).unwrap();
+    small.fill(&small.dir.join("filler"));
+    let r = OpenOptions::new()
+        .append(true)
+        .open(m.mnt.join("f"))
+        .unwrap()
+        .write_all(&[9u8; 100_000]);
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    let g = OpenOptions::new()
+        .write(true)
+        .open(m.mnt.join("f"))
+        .unwrap();
+    let r = g.set_len(50 << 20);
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    drop(g);
+    fs::remove_file(small.dir.join("filler")).unwrap();
+    assert!(m.unmount().success());
+    let cat = Command::new(bin())
+        .args(["cat", vault.to_str().unwrap(), "/f"])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    assert!(
+        cat.stdout == data,
+        "stored bytes changed ({} bytes now)",
+        cat.stdout.len()
+    );
+}
+
+/// The daemon keeps no password in its environment (/proc/PID/environ shows the block it
+/// started with, so the bytes must be overwritten, not just unset) and cannot dump core.
+#[test]
+fn the_daemon_keeps_no_password_in_its_environment_and_dumps_no_core() {
+    let m = Mount::fresh(&[]);
+    let environ = fs::read(format!("/proc/{}/environ", m.pid())).unwrap();
+    assert!(
+        !environ.windows(PW.len()).any(|w| w == PW.as_bytes()),
+        "the password is in the daemon's environment"
+    );
+    assert!(!String::from_utf8_lossy(&environ).contains("OXCRYPT_PASSWORD"));
+    let limits = fs::read_to_string(format!("/proc/{}/limits", m.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().nth(4) == Some("0"),
+        "core dumps on: {core}"
+    );
+    assert!(m.unmount().success());
+}
+
+/// Junk entries in a directory give one warning per listing, not one per entry (100,000 of
+/// them used to log 28 MB per listing).
+#[test]
+fn junk_entries_give_one_warning_per_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    // The root's content directory: d/XX/YYYY…, the only one in a new vault.
+    let d = fs::read_dir(vault.join("d"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let root_dir = fs::read_dir(d).unwrap().next().unwrap().unwrap().path();
+    for i in 0..500 {
+        fs::write(
+            root_dir.join(format!("junk{i:04}AAAAAAAAAAAAAAAA.c9r")),
+            b"x",
+        )
+        .unwrap();
+    }
+    let mut m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &["--cache-ms", "0"]);
+    // Read the daemon's log as it comes: a full pipe would stall it.
+    let mut stderr = m.child.as_mut().unwrap().stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let _ = stderr.read_to_string(&mut log);
+        log
+    });
+    let mnt = m.mnt.clone();
+    within(60, "listings", move || {
+        for _ in 0..3 {
+            assert_eq!(fs::read_dir(&mnt).unwrap().count(), 0);
+        }
+    });
+    assert!(m.unmount().success());
+    let log = reader.join().unwrap();
+    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+    assert!(
+        (1..=6).contains(&warnings),
+        "{warnings} warning lines for 3 listings of 500 junk entries"
+    );
+}

@@ -79,6 +79,29 @@ impl CiphertextIo for PreadIo {
     }
 }
 
+/// Reserves `len` bytes of disk at `offset` of `file` without changing its length
+/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`). File systems without fallocate reserve nothing.
+pub fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate on a descriptor we own, with plain integer arguments.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(e),
+    }
+}
+
 /// Reads until `buf` is full or end of file; returns the bytes read.
 pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     let mut done = 0;
@@ -177,6 +200,34 @@ impl ChunkFile<'_> {
         let Some(plan) = WritePlan::new(offset, len, old_size) else {
             return Ok(());
         };
+        let combo = self.cryptor.combo();
+        let old_ct = self.file.metadata().at(self.path)?.len();
+        let new_ct = combo.ciphertext_size(plan.new_size);
+        if new_ct > old_ct {
+            // All the space the file grows by, before any existing chunk is rewritten: a
+            // full disk then fails the write here, with the old bytes untouched.
+            reserve(self.file, old_ct, new_ct - old_ct).at(self.path)?;
+        }
+        let mut written_to = old_ct;
+        let r = self.write_planned(io, &plan, old_size, data, &mut written_to);
+        if r.is_err() && new_ct > old_ct {
+            // Give back the reservation; keep the whole batches that did land (the file then
+            // ends on a chunk boundary, a valid shorter write).
+            let _ = self.file.set_len(written_to.max(old_ct));
+        }
+        r
+    }
+
+    /// The edges and batches of [`write`](Self::write); `written_to` follows the end of the
+    /// last batch written.
+    fn write_planned(
+        &self,
+        io: &mut dyn CiphertextIo,
+        plan: &WritePlan,
+        old_size: u64,
+        data: Option<&[u8]>,
+        written_to: &mut u64,
+    ) -> Result<()> {
         let mut edges = EdgeContents::default();
         for edge in plan.edges() {
             edges.push(edge.index, self.read_chunk(io, edge.index, old_size)?);
@@ -197,8 +248,9 @@ impl ChunkFile<'_> {
                 &mut scratch[..CHUNK_SIZE],
                 ct,
             );
-            io.write(self.file, n, combo.chunk_offset(from))
-                .at(self.path)?;
+            let at = combo.chunk_offset(from);
+            io.write(self.file, n, at).at(self.path)?;
+            *written_to = (*written_to).max(at + n as u64);
             from = to + 1;
         }
         Ok(())

@@ -460,19 +460,31 @@ impl Vault {
         }
     }
 
-    /// Lists a directory, leaving out (and logging) entries that cannot be decrypted.
+    /// Lists a directory, leaving out entries that cannot be decrypted: one warning per
+    /// listing says how many were left out and why the first one was.
     pub fn list(&self, dir: &DirId) -> Result<Vec<Node>> {
-        Ok(self
+        let mut skipped = 0usize;
+        let mut first = None;
+        let nodes = self
             .list_checked(dir)?
             .into_iter()
             .filter_map(|r| match r {
                 Ok(n) => Some(n),
                 Err(e) => {
-                    tracing::warn!(error = %e, "skipping unreadable directory entry");
+                    skipped += 1;
+                    first.get_or_insert(e);
                     None
                 }
             })
-            .collect())
+            .collect();
+        if let Some(e) = first {
+            tracing::warn!(
+                skipped,
+                first = %e,
+                "left unreadable entries out of a directory listing"
+            );
+        }
+        Ok(nodes)
     }
 
     /// Cleartext attributes of a node.
