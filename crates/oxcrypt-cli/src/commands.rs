@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use oxcrypt_core::check::Severity;
-use oxcrypt_core::vault::{Attr, FileType};
+use oxcrypt_core::vault::{Ancestors, Attr, FileType};
 use oxcrypt_core::{CipherCombo, CreateOptions, Error, Node, NodeKind, Vault};
 
 use crate::password::{self, unlock};
@@ -165,10 +165,12 @@ pub fn tree(g: &Global, vault: &Path, path: &str) -> Result<u8> {
         prefix: &str,
         out: &mut impl Write,
         counts: (&mut u64, &mut u64),
+        ancestors: &mut Ancestors,
     ) -> Result<()> {
         let Some(id) = node.dir_id() else {
             return Ok(());
         };
+        ancestors.enter(v, id)?;
         let mut children = v.list(id)?;
         children.sort_by(|a, b| a.name.cmp(&b.name));
         let n = children.len();
@@ -185,14 +187,23 @@ pub fn tree(g: &Global, vault: &Path, path: &str) -> Result<u8> {
             if child.is_dir() {
                 *dirs += 1;
                 let next = format!("{prefix}{}", if last { "    " } else { "│   " });
-                walk(v, child, &next, out, (&mut *dirs, &mut *files))?;
+                walk(v, child, &next, out, (&mut *dirs, &mut *files), ancestors)?;
             } else {
                 *files += 1;
             }
         }
+        ancestors.leave();
         Ok(())
     }
-    walk(&v, &node, "", &mut out, (&mut dirs, &mut files))?;
+    let mut ancestors = Ancestors::default();
+    walk(
+        &v,
+        &node,
+        "",
+        &mut out,
+        (&mut dirs, &mut files),
+        &mut ancestors,
+    )?;
     writeln!(out, "\n{dirs} directories, {files} files")?;
     Ok(EXIT_OK)
 }
@@ -273,13 +284,20 @@ pub fn mv(g: &Global, vault: &Path, src: &str, dest: &str) -> Result<u8> {
 }
 
 /// Removes a node and, for directories, everything below it.
-pub fn remove_tree(v: &Vault, parent: &oxcrypt_core::DirId, node: &Node) -> Result<()> {
+pub fn remove_tree(
+    v: &Vault,
+    parent: &oxcrypt_core::DirId,
+    node: &Node,
+    ancestors: &mut Ancestors,
+) -> Result<()> {
     if let Some(id) = node.dir_id() {
+        ancestors.enter(v, id)?;
         for child in v.list_checked(id)? {
             let child =
                 child.map_err(|e| anyhow!("cannot remove an entry that does not decrypt: {e}"))?;
-            remove_tree(v, id, &child)?;
+            remove_tree(v, id, &child, ancestors)?;
         }
+        ancestors.leave();
         v.rmdir(parent, &node.name)?;
     } else {
         v.unlink(parent, &node.name)?;
@@ -300,7 +318,7 @@ pub fn rm(g: &Global, vault: &Path, paths: &[String], recursive: bool, force: bo
         if node.is_dir() && !recursive {
             bail!("{path}: is a directory (use -r to remove it and its contents)");
         }
-        remove_tree(&v, &parent, &node)?;
+        remove_tree(&v, &parent, &node, &mut Ancestors::default())?;
     }
     Ok(EXIT_OK)
 }

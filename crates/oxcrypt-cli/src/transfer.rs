@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
+use oxcrypt_core::vault::Ancestors;
 use oxcrypt_core::{Error, Node, NodeKind, Vault};
 
 use crate::password::unlock;
@@ -153,14 +154,20 @@ pub fn get(g: &Global, vault: &Path, src: &str, dest: &Path) -> Result<u8> {
         dest = dest.join(name);
     }
     let bar = progress_bar(Some(vault_size(&v, &node)), "decrypting");
-    get_node(&v, &node, &dest, bar.as_ref())?;
+    get_node(&v, &node, &dest, bar.as_ref(), &mut Ancestors::default())?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     Ok(EXIT_OK)
 }
 
-fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> Result<()> {
+fn get_node(
+    v: &Vault,
+    node: &Node,
+    dest: &Path,
+    bar: Option<&ProgressBar>,
+    ancestors: &mut Ancestors,
+) -> Result<()> {
     let attr = v.stat(node)?;
     match &node.kind {
         NodeKind::Directory(id) => {
@@ -170,12 +177,15 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
                 Err(_) => fs::create_dir(dest)
                     .with_context(|| format!("cannot create {}", dest.display()))?,
             }
+            ancestors.enter(v, id)?;
             let mut children = v.list(id)?;
             children.sort_by(|a, b| a.name.cmp(&b.name));
             for child in &children {
-                get_node(v, child, &dest.join(&child.name), bar)?;
+                get_node(v, child, &dest.join(&child.name), bar, ancestors)?;
             }
-            fs::set_permissions(dest, fs::Permissions::from_mode(attr.perm))?;
+            ancestors.leave();
+            // No setuid, setgid or sticky bit from the vault on the local copy.
+            fs::set_permissions(dest, fs::Permissions::from_mode(attr.perm & 0o777))?;
         }
         NodeKind::Symlink => {
             let target = v.readlink(node)?;
@@ -219,7 +229,8 @@ fn get_node(v: &Vault, node: &Node, dest: &Path, bar: Option<&ProgressBar>) -> R
                     }
                 }
                 out.sync_all()?;
-                fs::set_permissions(&tmp, fs::Permissions::from_mode(attr.perm))?;
+                // No setuid or setgid bit from the vault on the local copy.
+                fs::set_permissions(&tmp, fs::Permissions::from_mode(attr.perm & 0o777))?;
                 fs::rename(&tmp, dest)
                     .with_context(|| format!("cannot create {}", dest.display()))?;
                 Ok(())

@@ -1050,3 +1050,57 @@ fn junk_entries_give_one_warning_per_listing() {
         "{warnings} warning lines for 3 listings of 500 junk entries"
     );
 }
+
+/// A dir.c9r pointing at an ancestor: `find` over the mount ends (ELOOP for the cycle) instead
+/// of walking, and growing the daemon, without end; offline `tree` reports it instead of
+/// dying of a stack overflow.
+#[test]
+fn a_directory_cycle_ends_walks_on_the_mount_and_offline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
+    fs::create_dir_all(m.mnt.join("a/b")).unwrap();
+    assert!(m.unmount().success());
+    // b's dir.c9r gets a's id: a/b is then a again.
+    let v = oxcrypt_core::Vault::open(&vault, PW).unwrap();
+    let a = v.resolve("/a").unwrap();
+    let b = v.resolve("/a/b").unwrap();
+    fs::write(b.entry.join("dir.c9r"), a.dir_id().unwrap().as_bytes()).unwrap();
+    drop(v);
+
+    let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
+    let mnt = m.mnt.clone();
+    // Counted as they come and cut off at 1,000: an endless walk must fail the test, not
+    // fill this process's memory.
+    let listed = within(60, "find over a cycle", move || {
+        let mut find = Command::new("find")
+            .arg(&mnt)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(find.stdout.take().unwrap());
+        let mut n = 0;
+        for _ in std::io::BufRead::lines(out) {
+            n += 1;
+            if n >= 1000 {
+                let _ = find.kill();
+                break;
+            }
+        }
+        let _ = find.wait();
+        n
+    });
+    assert!(listed < 10, "find listed {listed} paths");
+    assert!(m.unmount().success());
+    let tree = within(60, "oxcrypt tree over a cycle", move || {
+        Command::new(bin())
+            .args(["tree", vault.to_str().unwrap()])
+            .env("OXCRYPT_PASSWORD", PW)
+            .output()
+            .unwrap()
+    });
+    assert_eq!(tree.status.code(), Some(1), "{tree:?}");
+    assert!(String::from_utf8_lossy(&tree.stderr).contains("cycle"));
+}

@@ -35,8 +35,8 @@ pub enum SetLen {
 ///
 /// **The lock.** `header` is the file's only lock. It protects the header slot *and* the
 /// ciphertext's bytes and length:
-/// - reads ([`read_with`](Self::read_with), [`size`](Self::size), [`attr`](Self::attr))
-///   hold it shared;
+/// - reads ([`read_with`](Self::read_with), [`size`](Self::size)) hold it shared
+///   ([`attr`](Self::attr) does not: it may see the size before a change in progress);
 /// - changes ([`write_with`](Self::write_with), [`set_len_with`](Self::set_len_with),
 ///   [`sync`](Self::sync)) hold it exclusively, so no reader sees a chunk half rewritten and a
 ///   change plans with the size it then writes against.
@@ -138,9 +138,9 @@ impl FileHandle {
     }
 
     /// Attributes of the open file from its descriptor (right even after it was unlinked:
-    /// then `nlink` is 0). Waits for a change in progress.
+    /// then `nlink` is 0). Does not wait for a change in progress (a getattr must not hold a
+    /// FUSE thread behind a long write): the size may be the one before it.
     pub fn attr(&self) -> Result<Attr> {
-        let _shared = self.shared();
         let md = self.file.metadata().at(&self.path)?;
         let size = self.size_of(md.len())?;
         Ok(attr_from(FileType::File, size, md.nlink() as u32, &md))

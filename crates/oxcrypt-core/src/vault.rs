@@ -636,24 +636,69 @@ impl Vault {
         node: &Node,
         visit: &mut dyn FnMut(&str, &Node) -> Result<()>,
     ) -> Result<()> {
+        self.walk_in(path, node, visit, &mut Ancestors::default())
+    }
+
+    fn walk_in(
+        &self,
+        path: &str,
+        node: &Node,
+        visit: &mut dyn FnMut(&str, &Node) -> Result<()>,
+        ancestors: &mut Ancestors,
+    ) -> Result<()> {
         visit(path, node)?;
         if let NodeKind::Directory(id) = &node.kind {
+            ancestors.enter(self, id)?;
             let mut children = self.list(id)?;
             children.sort_by(|a, b| a.name.cmp(&b.name));
             for child in &children {
                 let child_path = format!("{path}/{}", child.name);
-                self.walk(&child_path, child, visit)?;
+                self.walk_in(&child_path, child, visit, ancestors)?;
             }
+            ancestors.leave();
         }
         Ok(())
     }
 
-    /// Sets the permission bits of a node.
     /// The ciphertext path whose metadata stands for the node's attributes.
     pub fn attr_path(&self, node: &Node) -> PathBuf {
         match &node.kind {
             NodeKind::Directory(id) => self.content_dir(id),
             _ => node.payload_path(),
         }
+    }
+}
+
+/// The directories a depth-first walk is inside. A `dir.c9r` pointing at an ancestor (a
+/// broken or hostile tree) would make a walk endless; entering a directory the walk is already
+/// inside, or going deeper than [`Ancestors::MAX_DEPTH`], is refused as a broken node.
+#[derive(Debug, Default)]
+pub struct Ancestors(Vec<DirId>);
+
+impl Ancestors {
+    /// Deepest directory nesting a walk follows.
+    pub const MAX_DEPTH: usize = 4096;
+
+    /// Enters directory `id` (call [`leave`](Self::leave) when done with it).
+    pub fn enter(&mut self, vault: &Vault, id: &DirId) -> Result<()> {
+        if self.0.contains(id) {
+            return Err(Error::BrokenNode {
+                path: vault.content_dir(id),
+                why: "directory cycle: a dir.c9r points at a directory that contains it".into(),
+            });
+        }
+        if self.0.len() >= Self::MAX_DEPTH {
+            return Err(Error::BrokenNode {
+                path: vault.content_dir(id),
+                why: format!("nested deeper than {} directories", Self::MAX_DEPTH),
+            });
+        }
+        self.0.push(id.clone());
+        Ok(())
+    }
+
+    /// Leaves the directory entered last.
+    pub fn leave(&mut self) {
+        self.0.pop();
     }
 }

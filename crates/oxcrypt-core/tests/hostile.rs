@@ -103,3 +103,30 @@ fn oversized_control_files_are_refused_without_reading_them_whole() {
     let r = v.lookup(&root, "d");
     assert!(matches!(r, Err(Error::BrokenNode { .. })), "{r:?}");
 }
+
+/// `a/b` whose dir.c9r holds the id of `a`: a cycle.
+fn vault_with_a_cycle(dir: &Path) -> Vault {
+    let v = new_vault(dir);
+    let root = v.root_id().clone();
+    let a = v.mkdir(&root, "a", 0o755).unwrap();
+    let a_id = a.dir_id().unwrap().clone();
+    let b = v.mkdir(&a_id, "b", 0o755).unwrap();
+    std::fs::write(b.entry.join("dir.c9r"), a_id.as_bytes()).unwrap();
+    Vault::open(dir, "pw").unwrap()
+}
+
+#[test]
+fn a_walk_refuses_a_directory_cycle_instead_of_overflowing_the_stack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = std::sync::Arc::new(vault_with_a_cycle(&tmp.path().join("v")));
+    let r = within(move || {
+        let mut visited = 0;
+        let root = v.root();
+        v.walk("", &root, &mut |_, _| {
+            visited += 1;
+            Ok(())
+        })
+        .map(|_| visited)
+    });
+    assert!(matches!(r, Err(Error::BrokenNode { .. })), "{r:?}");
+}

@@ -42,6 +42,9 @@ impl Listed {
 pub struct MetaCache {
     ttl: Duration,
     attrs: DashMap<u64, (Attr, Instant)>,
+    /// Bumped by every [`forget_attr`](Self::forget_attr): attributes read before a change
+    /// are not stored after it (see [`put_attr_read_at`](Self::put_attr_read_at)).
+    epochs: DashMap<u64, u64>,
     listings: DashMap<u64, (Arc<Vec<Listed>>, Instant)>,
 }
 
@@ -51,6 +54,7 @@ impl MetaCache {
         MetaCache {
             ttl,
             attrs: DashMap::new(),
+            epochs: DashMap::new(),
             listings: DashMap::new(),
         }
     }
@@ -79,9 +83,34 @@ impl MetaCache {
         }
     }
 
-    /// Drops the attributes of `ino`.
+    /// Drops the attributes of `ino`; attributes read before this call are not stored after it.
     pub fn forget_attr(&self, ino: u64) {
+        *self.epochs.entry(ino).or_insert(0) += 1;
         self.attrs.remove(&ino);
+    }
+
+    /// The mark to take before reading the attributes of `ino` from disk.
+    pub fn epoch(&self, ino: u64) -> u64 {
+        self.epochs.get(&ino).map(|e| *e).unwrap_or(0)
+    }
+
+    /// Stores attributes of `ino` read after [`epoch`](Self::epoch) returned `epoch`, unless
+    /// they were forgotten since (a change finished while they were read: they may be old).
+    pub fn put_attr_read_at(&self, ino: u64, attr: Attr, epoch: u64) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        // The epoch entry is held while inserting, so a forget cannot slip in between.
+        let current = self.epochs.entry(ino).or_insert(0);
+        if *current == epoch {
+            self.attrs.insert(ino, (attr, Instant::now()));
+        }
+    }
+
+    /// Forgets everything about `ino` (the kernel forgot the inode).
+    pub fn drop_inode(&self, ino: u64) {
+        self.attrs.remove(&ino);
+        self.epochs.remove(&ino);
     }
 
     /// Cached listing of directory `ino`, if fresh.

@@ -26,6 +26,8 @@ impl Errno {
     pub const EPERM: Errno = Errno(libc::EPERM);
     /// Not implemented: the kernel stops sending the request.
     pub const ENOSYS: Errno = Errno(libc::ENOSYS);
+    /// Too many levels of links: a directory cycle in a broken or hostile tree.
+    pub const ELOOP: Errno = Errno(libc::ELOOP);
     /// Operation not supported (fallocate modes other than 0).
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
 

@@ -37,6 +37,17 @@ impl Inode {
         self.place.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The parent inode.
+    pub fn parent(&self) -> u64 {
+        self.place.read().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Whether this inode is the directory with id `id`.
+    pub fn is_dir_id(&self, id: &str) -> bool {
+        let node = self.node.read().unwrap_or_else(|p| p.into_inner());
+        node.dir_id().is_some_and(|d| &**d == id)
+    }
+
     fn set(&self, parent: u64, name: &str, node: Node) {
         *self.place.write().unwrap_or_else(|p| p.into_inner()) = (parent, name.to_string());
         *self.node.write().unwrap_or_else(|p| p.into_inner()) = node;
@@ -133,10 +144,11 @@ impl InodeTable {
         self.by_name.insert((parent, name.to_string()), ino);
     }
 
-    /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` lookups of `ino`; true when that was the last one (the inode is
+    /// gone).
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let removed = self.by_ino.remove_if(&ino, |_, e| {
             let before = e
@@ -144,10 +156,12 @@ impl InodeTable {
                 .fetch_sub(n.min(e.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
             before <= n
         });
-        if let Some((_, entry)) = removed {
-            let key = entry.place();
-            self.by_name.remove_if(&key, |_, v| *v == ino);
-        }
+        let Some((_, entry)) = removed else {
+            return false;
+        };
+        let key = entry.place();
+        self.by_name.remove_if(&key, |_, v| *v == ino);
+        true
     }
 
     /// Number of inodes known (for tests and stats).

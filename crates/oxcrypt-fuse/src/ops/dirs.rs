@@ -178,6 +178,9 @@ impl Fs {
             let Some(attr) = e.attr(&self.vault) else {
                 continue;
             };
+            if self.refuse_cycle(ino, &e.node).is_err() {
+                continue;
+            }
             let child = self.inodes.lookup(ino, &e.name, e.node.clone(), attr.ino);
             let attr = self.cache.attr(child).unwrap_or(attr);
             let entry = DirEntry {
@@ -187,7 +190,9 @@ impl Fs {
                 name: &e.name,
             };
             if add(entry, &self.entry(child, attr)) {
-                self.inodes.forget(child, 1);
+                if self.inodes.forget(child, 1) {
+                    self.cache.drop_inode(child);
+                }
                 break;
             }
         }

@@ -80,6 +80,7 @@ impl Fs {
                     .map_err(|_| Errno::ENOENT)?;
                 let e = &l[i];
                 let attr = e.attr(&self.vault).ok_or(Errno::ENOENT)?;
+                self.refuse_cycle(parent, &e.node)?;
                 let ino = self
                     .inodes
                     .lookup(parent, &e.name, e.node.clone(), attr.ino);
@@ -90,6 +91,7 @@ impl Fs {
                 .vault
                 .lookup_in(&dir, name, bump)?
                 .ok_or(Errno::ENOENT)?;
+            self.refuse_cycle(parent, &node)?;
             let attr = self.vault.stat(&node)?;
             let ino = self
                 .inodes
@@ -99,9 +101,35 @@ impl Fs {
         })
     }
 
+    /// Refuses a directory `node` found in `parent` whose id is that of `parent` or of one of
+    /// its ancestors: a `dir.c9r` pointing up the tree would make every walk of the mount
+    /// endless (and the inode table grow without bound).
+    pub(super) fn refuse_cycle(&self, parent: u64, node: &oxcrypt_core::Node) -> OpResult<()> {
+        let Some(id) = node.dir_id() else {
+            return Ok(());
+        };
+        let mut ino = parent;
+        for _ in 0..oxcrypt_core::vault::Ancestors::MAX_DEPTH {
+            let Some(inode) = self.inodes.get(ino) else {
+                return Ok(());
+            };
+            if inode.is_dir_id(id) {
+                tracing::error!(entry = %node.entry.display(), "directory cycle: its dir.c9r points at an ancestor; refused");
+                return Err(Errno::ELOOP);
+            }
+            if ino == crate::inodes::ROOT_INO {
+                return Ok(());
+            }
+            ino = inode.parent();
+        }
+        Err(Errno::ELOOP)
+    }
+
     /// FORGET: the kernel dropped `nlookup` lookups of `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
-        self.inodes.forget(ino, nlookup);
+        if self.inodes.forget(ino, nlookup) {
+            self.cache.drop_inode(ino);
+        }
     }
 
     /// GETATTR.

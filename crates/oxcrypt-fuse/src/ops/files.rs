@@ -118,8 +118,8 @@ impl Fs {
             WriteAt::Offset(offset)
         };
         let r = self.engine.write(&file, at, data);
-        // Forgotten after the write: a getattr during it waited for the file's lock and saw
-        // the new size, and nothing cached before it survives.
+        // Forgotten after the write: attributes read before or during it are dropped, and a
+        // getattr that read them then does not store them (the cache's epochs).
         self.cache.forget_attr(ino);
         r?;
         Ok(data.len() as u32)

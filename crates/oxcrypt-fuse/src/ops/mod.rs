@@ -170,12 +170,14 @@ impl Fs {
         if let Some(a) = self.cache.attr(ino) {
             return Ok(a);
         }
+        let epoch = self.cache.epoch(ino);
         let a = match self.files.shared(ino) {
             // An open file answers from its descriptor: right even after unlink (nlink 0).
             Some(f) => f.handle().attr(),
             None => self.vault.stat(node),
         }?;
-        self.cache.put_attr(ino, a);
+        // Not cached if a write finished meanwhile: `a` may predate it.
+        self.cache.put_attr_read_at(ino, a, epoch);
         Ok(a)
     }
 
