@@ -1104,3 +1104,63 @@ fn a_directory_cycle_ends_walks_on_the_mount_and_offline() {
     assert_eq!(tree.status.code(), Some(1), "{tree:?}");
     assert!(String::from_utf8_lossy(&tree.stderr).contains("cycle"));
 }
+
+/// On a full disk, creating a symlink, a directory or a long-named file fails cleanly and
+/// leaves no half-made name: once space is back the same names can be created, and `check`
+/// finds nothing (a name used to stay behind that could be neither created nor removed).
+#[test]
+fn a_full_disk_leaves_no_half_made_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = SmallFs::new(&tmp.path().join("small"), "2m");
+    let vault = small.dir.join("vault");
+    init_vault(&vault);
+    let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
+    let long = "l".repeat(200);
+    let names = [
+        "link".to_string(),
+        format!("{long}-link"),
+        format!("{long}-dir"),
+        format!("{long}-file"),
+    ];
+    let make = |i: usize| -> std::io::Result<()> {
+        let p = m.mnt.join(&names[i]);
+        match i {
+            0 | 1 => std::os::unix::fs::symlink("target", p),
+            2 => fs::create_dir(p),
+            _ => File::create(p).map(drop),
+        }
+    };
+    small.fill(&small.dir.join("filler"));
+    for i in 0..names.len() {
+        let e = make(i).expect_err("created on a full disk");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::ENOSPC),
+            "{}: {e}",
+            &names[i][..names[i].len().min(8)]
+        );
+    }
+    fs::remove_file(small.dir.join("filler")).unwrap();
+    for i in 0..names.len() {
+        make(i).unwrap_or_else(|e| {
+            panic!(
+                "{}… after the disk had room again: {e}",
+                &names[i][..names[i].len().min(8)]
+            )
+        });
+    }
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), names.len());
+    assert!(m.unmount().success());
+    let check = Command::new(bin())
+        .args(["check", vault.to_str().unwrap()])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout).to_string()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{out}");
+    assert!(
+        !out.contains("warning:") && !out.contains("error:"),
+        "{out}"
+    );
+}

@@ -103,6 +103,7 @@ fn check_dir(
         Ok(_) => {}
         Err(e) => report.error(Some(path), e),
     }
+    find_leftovers(&content_dir, path, report);
     let entries = match vault.list_checked(id) {
         Ok(entries) => entries,
         Err(e) => {
@@ -202,6 +203,29 @@ fn check_file(
         progress(report.bytes);
     }
     Ok(())
+}
+
+/// Hidden temporary entries (`.oxcrypt-…`) left in a content directory by a change that was
+/// interrupted (a crash, a kill -9): reported, never listed.
+fn find_leftovers(content_dir: &std::path::Path, path: &str, report: &mut CheckReport) {
+    let Ok(rd) = std::fs::read_dir(content_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.file_name()
+            .to_string_lossy()
+            .starts_with(crate::fsutil::TEMP_PREFIX)
+        {
+            report.problems.push(Problem {
+                severity: Severity::Warning,
+                cleartext: Some(path.to_string()),
+                message: format!(
+                    "{}: leftover of an interrupted change (safe to delete)",
+                    e.path().display()
+                ),
+            });
+        }
+    }
 }
 
 fn find_orphans(vault: &Vault, visited: &HashSet<PathBuf>, report: &mut CheckReport) -> Result<()> {

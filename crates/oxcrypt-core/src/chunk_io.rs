@@ -39,9 +39,9 @@ pub trait CiphertextIo {
     /// buffer; returns the count, fewer than `len` only at end of file.
     fn read(&mut self, file: &File, len: usize, at: u64) -> io::Result<usize>;
 
-    /// Writes the first `len` bytes of the ciphertext buffer at offset `at` of `file`, all of
-    /// them or an error.
-    fn write(&mut self, file: &File, len: usize, at: u64) -> io::Result<()>;
+    /// Writes `len` bytes of the ciphertext buffer, from position `from` in it, at offset `at`
+    /// of `file`: all of them or an error.
+    fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()>;
 }
 
 /// Blocking `pread`/`pwrite` with heap buffers: the I/O of the offline tools and of the
@@ -73,11 +73,16 @@ impl CiphertextIo for PreadIo {
         read_full_at(file, buf, at)
     }
 
-    fn write(&mut self, file: &File, len: usize, at: u64) -> io::Result<()> {
-        let buf = &self.buffers().0[..len];
+    fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()> {
+        let buf = &self.buffers().0[from..from + len];
         file.write_all_at(buf, at)
     }
 }
+
+/// Growth of a write, in ciphertext bytes, above which its space is reserved first (a
+/// reservation of a small growth costs more than the write: it forces ext4 to allocate at
+/// once what delayed allocation would often never allocate, as for a file deleted soon).
+pub const RESERVE_ABOVE: u64 = 1 << 20;
 
 /// Reserves `len` bytes of disk at `offset` of `file` without changing its length
 /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`). File systems without fallocate reserve nothing.
@@ -189,6 +194,12 @@ impl ChunkFile<'_> {
     /// size `old_size`: the (at most two) edge chunks whose old bytes survive are read and
     /// decrypted first, then the touched chunks are encrypted and written in batches of
     /// [`BATCH_CHUNKS`].
+    ///
+    /// A write that grows the file is all-or-nothing under a failure (a full disk, say): the
+    /// part beyond the old end is written before the old last chunk is rewritten in place, and
+    /// on an error the file is cut back to its old length and its old last chunk restored.
+    /// Growth by more than [`RESERVE_ABOVE`] reserves its space first, so a large grow on a
+    /// full disk fails at once.
     pub fn write(
         &self,
         io: &mut dyn CiphertextIo,
@@ -203,35 +214,38 @@ impl ChunkFile<'_> {
         let combo = self.cryptor.combo();
         let old_ct = self.file.metadata().at(self.path)?.len();
         let new_ct = combo.ciphertext_size(plan.new_size);
-        if new_ct > old_ct {
-            // All the space the file grows by, before any existing chunk is rewritten: a
-            // full disk then fails the write here, with the old bytes untouched.
+        let grows = new_ct > old_ct;
+        if grows && new_ct - old_ct > RESERVE_ABOVE {
             reserve(self.file, old_ct, new_ct - old_ct).at(self.path)?;
         }
-        let mut written_to = old_ct;
-        let r = self.write_planned(io, &plan, old_size, data, &mut written_to);
-        if r.is_err() && new_ct > old_ct {
-            // Give back the reservation; keep the whole batches that did land (the file then
-            // ends on a chunk boundary, a valid shorter write).
-            let _ = self.file.set_len(written_to.max(old_ct));
-        }
-        r
-    }
-
-    /// The edges and batches of [`write`](Self::write); `written_to` follows the end of the
-    /// last batch written.
-    fn write_planned(
-        &self,
-        io: &mut dyn CiphertextIo,
-        plan: &WritePlan,
-        old_size: u64,
-        data: Option<&[u8]>,
-        written_to: &mut u64,
-    ) -> Result<()> {
         let mut edges = EdgeContents::default();
         for edge in plan.edges() {
             edges.push(edge.index, self.read_chunk(io, edge.index, old_size)?);
         }
+        // The old partial last chunk, kept to restore it if a growing write fails.
+        let old_last = old_size / C;
+        let partial_last = !old_size.is_multiple_of(C) && plan.first <= old_last;
+        if grows && partial_last && edges.get(old_last).is_none() {
+            edges.push(old_last, self.read_chunk(io, old_last, old_size)?);
+        }
+        let r = self.write_batches(io, &plan, data, &edges, old_ct);
+        if r.is_err() && grows {
+            self.roll_back(io, old_ct, partial_last.then_some((old_last, &edges)));
+        }
+        r
+    }
+
+    /// Encrypts and writes the chunks of `plan`. A batch that straddles the old end of the
+    /// ciphertext (`old_ct`) writes its part beyond it first: if that fails, no old byte was
+    /// touched.
+    fn write_batches(
+        &self,
+        io: &mut dyn CiphertextIo,
+        plan: &WritePlan,
+        data: Option<&[u8]>,
+        edges: &EdgeContents,
+        old_ct: u64,
+    ) -> Result<()> {
         let old = |i: u64| edges.get(i);
         let combo = self.cryptor.combo();
         let mut from = plan.first;
@@ -249,11 +263,44 @@ impl ChunkFile<'_> {
                 ct,
             );
             let at = combo.chunk_offset(from);
-            io.write(self.file, n, at).at(self.path)?;
-            *written_to = (*written_to).max(at + n as u64);
+            let end = at + n as u64;
+            if at < old_ct && end > old_ct {
+                let head = (old_ct - at) as usize;
+                io.write(self.file, head, n - head, old_ct).at(self.path)?;
+                io.write(self.file, 0, head, at).at(self.path)?;
+            } else {
+                io.write(self.file, 0, n, at).at(self.path)?;
+            }
             from = to + 1;
         }
         Ok(())
+    }
+
+    /// Undoes a failed growing write: the ciphertext is cut back to `old_ct` bytes and the old
+    /// partial last chunk (`(index, edges holding its old cleartext)`) is written again, in
+    /// place, needing no new space.
+    fn roll_back(
+        &self,
+        io: &mut dyn CiphertextIo,
+        old_ct: u64,
+        last: Option<(u64, &EdgeContents)>,
+    ) {
+        if let Err(e) = self.file.set_len(old_ct) {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot cut a failed write back");
+            return;
+        }
+        let Some((index, edges)) = last else {
+            return;
+        };
+        let Some(old) = edges.get(index) else {
+            return;
+        };
+        let (ct, _) = io.buffers();
+        let n = self.cryptor.encrypt_chunk(self.header, index, old, ct);
+        let at = self.cryptor.combo().chunk_offset(index);
+        if let Err(e) = io.write(self.file, 0, n, at) {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot restore the last chunk after a failed write");
+        }
     }
 
     /// Shrinks a file of cleartext size `old_size` to `new_size`: the new last chunk is
@@ -269,7 +316,7 @@ impl ChunkFile<'_> {
             let n = self
                 .cryptor
                 .encrypt_chunk(self.header, index, &old[..rem], ct);
-            io.write(self.file, n, combo.chunk_offset(index))
+            io.write(self.file, 0, n, combo.chunk_offset(index))
                 .at(self.path)?;
         }
         self.file
@@ -289,6 +336,8 @@ mod tests {
     struct TestIo {
         inner: PreadIo,
         short_read_at: Option<u64>,
+        /// The n-th write (from 1) fails with ENOSPC.
+        fail_write_at: Option<usize>,
         reads: usize,
         writes: Vec<(u64, usize)>,
     }
@@ -306,9 +355,12 @@ mod tests {
                 n
             })
         }
-        fn write(&mut self, file: &File, len: usize, at: u64) -> io::Result<()> {
+        fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()> {
             self.writes.push((at, len));
-            self.inner.write(file, len, at)
+            if self.fail_write_at == Some(self.writes.len()) {
+                return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            self.inner.write(file, from, len, at)
         }
     }
 
@@ -316,6 +368,7 @@ mod tests {
         TestIo {
             inner: PreadIo::new(),
             short_read_at: None,
+            fail_write_at: None,
             reads: 0,
             writes: Vec::new(),
         }
@@ -538,6 +591,47 @@ mod tests {
                 }
             ),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_growing_write_that_fails_leaves_the_file_as_it_was() {
+        // Fail the first, the second, then the third write of a growing write that rewrites
+        // the old partial last chunk and spans two batches.
+        for fail in 1..=3 {
+            let f = Fixture::new(CipherCombo::SivGcm);
+            let old = pattern(50_000, 11);
+            f.write(0, &old);
+            let old_len = f.file.metadata().unwrap().len();
+            let mut t = io();
+            t.fail_write_at = Some(fail);
+            let data = pattern(40 * CHUNK_SIZE, 12);
+            let size = f.size();
+            let r = f
+                .cf()
+                .write(&mut t, size, size, data.len() as u64, Some(&data));
+            assert!(r.is_err(), "write {fail} failed, so must the whole write");
+            assert_eq!(f.file.metadata().unwrap().len(), old_len, "fail at {fail}");
+            assert_eq!(f.read_all(), old, "fail at {fail}: old bytes changed");
+        }
+    }
+
+    #[test]
+    fn the_part_beyond_the_old_end_is_written_before_the_old_last_chunk() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        f.write(0, &pattern(50_000, 13));
+        let old_len = f.file.metadata().unwrap().len();
+        let mut t = io();
+        let size = f.size();
+        f.cf()
+            .write(&mut t, size, size, 10, Some(b"0123456789"))
+            .unwrap();
+        let combo = f.cryptor.combo();
+        assert_eq!(t.writes[0].0, old_len, "the extension goes first");
+        assert_eq!(
+            t.writes[1].0,
+            combo.chunk_offset(1),
+            "then the chunk in place"
         );
     }
 

@@ -243,7 +243,11 @@ impl Vault {
             backup.extend_from_slice(&chunk);
         }
         let backup_path = dir.join(DIRID_FILE);
-        fs::write(&backup_path, &backup).at(&backup_path)?;
+        if let Err(e) = fs::write(&backup_path, &backup) {
+            // No orphan content directory from a failed mkdir (a full disk, say).
+            let _ = fs::remove_dir_all(&dir);
+            return Err(Error::io(&backup_path, e));
+        }
         Ok(dir)
     }
 

@@ -120,10 +120,10 @@ impl CiphertextIo for RingIo {
         Ok(got)
     }
 
-    fn write(&mut self, file: &File, len: usize, at: u64) -> io::Result<()> {
+    fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()> {
         let mut put = 0;
         while put < len {
-            match self.transfer(file, true, put, len - put, at + put as u64)? {
+            match self.transfer(file, true, from + put, len - put, at + put as u64)? {
                 r if r == -libc::EINTR || r == -libc::EAGAIN => continue,
                 r if r < 0 => return Err(io::Error::from_raw_os_error(-r)),
                 0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
@@ -167,7 +167,7 @@ mod tests {
             .open(dir.path().join("x"))
             .unwrap();
         io.buffers().0[..5].copy_from_slice(b"hello");
-        io.write(&f, 5, 3).unwrap();
+        io.write(&f, 0, 5, 3).unwrap();
         let mut back = [0u8; 8];
         f.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(&back, b"\0\0\0hello");

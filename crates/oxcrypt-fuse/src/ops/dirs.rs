@@ -207,10 +207,10 @@ impl Fs {
             .try_remove(fh as usize);
     }
 
-    /// FSYNCDIR: syncs the directory's ciphertext directory.
+    /// FSYNCDIR: makes the directory's entries durable, long names and new directories
+    /// included (see `Vault::sync_dir_entries`).
     pub fn fsyncdir(&self, ino: u64) -> OpResult<()> {
-        let node = self.node(ino)?;
-        let dir = self.vault.attr_path(&node);
-        Ok(oxcrypt_core::fsutil::sync_dir(&dir)?)
+        let id = self.dir_id(ino)?;
+        Ok(self.vault.sync_dir_entries(&id)?)
     }
 }
