@@ -86,27 +86,31 @@ fn put_node(v: &Vault, src: &Path, dest: &str, bar: Option<&ProgressBar>) -> Res
         }
         return Ok(());
     }
-    if let Some(n) = &existing {
-        if n.is_dir() {
-            return Err(Error::IsADirectory(dest.to_string()).into());
-        }
-        if !(md.is_file() && n.kind == NodeKind::File) {
-            v.unlink(&parent, &name)?;
-        }
+    if existing.as_ref().is_some_and(|n| n.is_dir()) {
+        return Err(Error::IsADirectory(dest.to_string()).into());
     }
-    if md.file_type().is_symlink() {
-        let target = fs::read_link(src)?;
-        let target = target
-            .to_str()
-            .ok_or_else(|| anyhow!("{}: link target is not UTF-8", src.display()))?;
-        v.symlink(&parent, &name, target)?;
-    } else if md.is_file() {
-        let node = match existing.filter(|n| n.kind == NodeKind::File) {
-            Some(n) => n,
-            None => v.create_file(&parent, &name, perm)?,
-        };
+    if !md.is_file() && !md.file_type().is_symlink() {
+        tracing::warn!(path = %src.display(), "skipping special file (sockets, FIFOs and devices cannot be stored)");
+        eprintln!("oxcrypt: skipping special file {}", src.display());
+        return Ok(());
+    }
+    // The new node is made whole under a temporary name and renamed over the old one: a
+    // failure halfway (a read error, a full disk, Ctrl-C) leaves the old file as it was.
+    let tmp = format!(
+        ".oxcrypt-put-{:016x}",
+        u64::from_le_bytes(oxcrypt_core::random::bytes())
+    );
+    let made = (|| -> Result<()> {
+        if md.file_type().is_symlink() {
+            let target = fs::read_link(src)?;
+            let target = target
+                .to_str()
+                .ok_or_else(|| anyhow!("{}: link target is not UTF-8", src.display()))?;
+            v.symlink(&parent, &tmp, target)?;
+            return Ok(());
+        }
+        let node = v.create_file(&parent, &tmp, perm)?;
         let fh = v.open_file(&node, true)?;
-        fh.set_len(0)?;
         let mut input =
             fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
         let mut buf = vec![0u8; BLOCK];
@@ -124,11 +128,13 @@ fn put_node(v: &Vault, src: &Path, dest: &str, bar: Option<&ProgressBar>) -> Res
             }
         }
         fh.sync(false)?;
-    } else {
-        tracing::warn!(path = %src.display(), "skipping special file (sockets, FIFOs and devices cannot be stored)");
-        eprintln!("oxcrypt: skipping special file {}", src.display());
+        Ok(())
+    })();
+    let placed = made.and_then(|()| Ok(v.rename(&parent, &tmp, &parent, &name, true)?));
+    if placed.is_err() {
+        let _ = v.unlink(&parent, &tmp);
     }
-    Ok(())
+    placed
 }
 
 /// Fills `buf` as far as the input allows; returns the count (0 at end).
