@@ -111,6 +111,7 @@ impl MetaCache {
     pub fn drop_inode(&self, ino: u64) {
         self.attrs.remove(&ino);
         self.epochs.remove(&ino);
+        self.listings.remove(&ino);
     }
 
     /// Cached listing of directory `ino`, if fresh.
