@@ -75,7 +75,7 @@ impl CiphertextIo for PreadIo {
 
     fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()> {
         let buf = &self.buffers().0[from..from + len];
-        file.write_all_at(buf, at)
+        crate::fault::write_all_at(file, buf, at)
     }
 }
 
@@ -285,7 +285,7 @@ impl ChunkFile<'_> {
         old_ct: u64,
         last: Option<(u64, &EdgeContents)>,
     ) {
-        if let Err(e) = self.file.set_len(old_ct) {
+        if let Err(e) = crate::fault::set_len(self.file, old_ct) {
             tracing::error!(path = %self.path.display(), error = %e, "cannot cut a failed write back");
             return;
         }
@@ -309,19 +309,29 @@ impl ChunkFile<'_> {
         debug_assert!(new_size < old_size);
         let combo = self.cryptor.combo();
         let rem = (new_size % C) as usize;
+        let index = new_size / C;
+        let mut old = None;
         if rem != 0 {
-            let index = new_size / C;
-            let old = self.read_chunk(io, index, old_size)?;
+            let chunk = self.read_chunk(io, index, old_size)?;
             let (ct, _) = io.buffers();
             let n = self
                 .cryptor
-                .encrypt_chunk(self.header, index, &old[..rem], ct);
+                .encrypt_chunk(self.header, index, &chunk[..rem], ct);
             io.write(self.file, 0, n, combo.chunk_offset(index))
                 .at(self.path)?;
+            old = Some(chunk);
         }
-        self.file
-            .set_len(combo.ciphertext_size(new_size))
-            .at(self.path)
+        let cut = crate::fault::set_len(self.file, combo.ciphertext_size(new_size)).at(self.path);
+        if let (Err(_), Some(chunk)) = (&cut, old) {
+            // The shortened last chunk is in place but the file is not cut: put the whole old
+            // chunk back (same length, no new space), so the file is as it was.
+            let (ct, _) = io.buffers();
+            let n = self.cryptor.encrypt_chunk(self.header, index, &chunk, ct);
+            if let Err(e) = io.write(self.file, 0, n, combo.chunk_offset(index)) {
+                tracing::error!(path = %self.path.display(), error = %e, "cannot restore a chunk after a failed truncate");
+            }
+        }
+        cut
     }
 }
 

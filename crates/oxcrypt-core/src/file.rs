@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -185,7 +185,7 @@ impl FileHandle {
         let mut buf = [0u8; MAX_HEADER_LEN];
         self.content.encrypt_header(&header, &mut buf);
         let hl = self.content.combo().header_len();
-        self.file.write_all_at(&buf[..hl], 0).at(&self.path)?;
+        crate::fault::write_all_at(&self.file, &buf[..hl], 0).at(&self.path)?;
         *slot = Some(header.clone());
         Ok(header)
     }

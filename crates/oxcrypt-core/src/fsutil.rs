@@ -21,6 +21,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         u32::from_le_bytes(crate::random::bytes())
     ));
     let result = (|| {
+        crate::fault::point().at(&tmp)?;
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -29,7 +30,7 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
             .at(&tmp)?;
         f.write_all(data).at(&tmp)?;
         f.sync_all().at(&tmp)?;
-        fs::rename(&tmp, path).at(path)?;
+        crate::fault::rename(&tmp, path).at(path)?;
         sync_dir(dir)
     })();
     if result.is_err() {

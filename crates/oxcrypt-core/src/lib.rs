@@ -15,6 +15,7 @@ pub mod config;
 pub mod content;
 pub mod dir_cache;
 pub mod error;
+mod fault;
 pub mod file;
 pub mod fsutil;
 pub mod keys;

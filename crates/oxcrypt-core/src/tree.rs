@@ -3,14 +3,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::{Error, IoContext, Result};
+use crate::fault;
 use crate::file::FileHandle;
-use crate::fsutil::{rename_noreplace, sync_dir, temp_sibling, write_atomic};
+use crate::fsutil::{sync_dir, temp_sibling, write_atomic};
 use crate::names::normalize_name;
 use crate::node::{
     attr_from, Attr, DirId, FileType, Node, NodeKind, CONTENTS_FILE, DIRID_FILE, DIR_FILE,
@@ -90,6 +91,7 @@ impl Vault {
         mode: u32,
         name: &str,
     ) -> Result<(File, crate::content::FileHeader)> {
+        fault::point().at(path)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -105,9 +107,9 @@ impl Vault {
         let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
         let hl = self.content.combo().header_len();
         self.content.encrypt_header(&header, &mut buf);
-        if let Err(e) = file.write_all_at(&buf[..hl], 0) {
+        if let Err(e) = fault::write_all_at(&file, &buf[..hl], 0) {
             drop(file);
-            let _ = fs::remove_file(path);
+            let _ = fault::remove_file(path);
             return Err(Error::io(path, e));
         }
         Ok((file, header))
@@ -133,20 +135,20 @@ impl Vault {
         fill: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<()> {
         let tmp = temp_sibling(entry, "new");
-        fs::create_dir(&tmp).at(&tmp)?;
+        fault::create_dir(&tmp).at(&tmp)?;
         let result = (|| {
             if let Some(c9r) = c9r {
                 let name_file = tmp.join(NAME_FILE);
-                fs::write(&name_file, c9r.as_bytes()).at(&name_file)?;
+                fault::write(&name_file, c9r.as_bytes()).at(&name_file)?;
             }
             fill(&tmp)?;
-            rename_noreplace(&tmp, entry).map_err(|e| match e.raw_os_error() {
+            fault::rename_noreplace(&tmp, entry).map_err(|e| match e.raw_os_error() {
                 Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => Error::AlreadyExists(name.into()),
                 _ => Error::io(entry, e),
             })
         })();
         if result.is_err() {
-            let _ = fs::remove_dir_all(&tmp);
+            let _ = fault::remove_dir_all(&tmp);
         }
         result
     }
@@ -163,19 +165,16 @@ impl Vault {
                 .to_string(),
         );
         let content_dir = self.create_content_dir(&id)?;
-        let result = fs::set_permissions(
-            &content_dir,
-            std::os::unix::fs::PermissionsExt::from_mode(mode & 0o7777),
-        )
-        .at(&content_dir)
-        .and_then(|()| {
-            self.build_entry(&entry, shortened.then_some(c9r.as_str()), &name, |tmp| {
-                let dir_file = tmp.join(DIR_FILE);
-                fs::write(&dir_file, id.as_bytes()).at(&dir_file)
-            })
-        });
+        let result = fault::set_mode(&content_dir, mode & 0o7777)
+            .at(&content_dir)
+            .and_then(|()| {
+                self.build_entry(&entry, shortened.then_some(c9r.as_str()), &name, |tmp| {
+                    let dir_file = tmp.join(DIR_FILE);
+                    fault::write(&dir_file, id.as_bytes()).at(&dir_file)
+                })
+            });
         if let Err(e) = result {
-            let _ = fs::remove_dir_all(&content_dir);
+            let _ = fault::remove_dir_all(&content_dir);
             return Err(e);
         }
         self.cache
@@ -202,7 +201,7 @@ impl Vault {
         self.ensure_absent(&entry, &name)?;
         self.build_entry(&entry, shortened.then_some(c9r.as_str()), &name, |tmp| {
             let path = tmp.join(SYMLINK_FILE);
-            fs::write(&path, self.content.encrypt_small(target.as_bytes())).at(&path)
+            fault::write(&path, &self.content.encrypt_small(target.as_bytes())).at(&path)
         })?;
         Ok(Node {
             name,
@@ -212,12 +211,18 @@ impl Vault {
         })
     }
 
+    /// Removes a node's entry: a plain file with one unlink; an entry directory is first
+    /// hidden with one rename (so the name goes at once, whole) and then deleted; if deleting
+    /// fails, the hidden leftover is reported by `check`.
     fn remove_entry(&self, node: &Node) -> Result<()> {
         if node.kind == NodeKind::File && !node.shortened {
-            fs::remove_file(&node.entry).at(&node.entry)
-        } else {
-            fs::remove_dir_all(&node.entry).at(&node.entry)
+            return fault::remove_file(&node.entry).at(&node.entry);
         }
+        let hidden = self.hide_entry(node)?;
+        if let Err(e) = fault::remove_dir_all(&hidden) {
+            tracing::warn!(path = %hidden.display(), error = %e, "cannot delete a removed entry; `oxcrypt check` lists it");
+        }
+        Ok(())
     }
 
     /// Removes a file or symlink `name` from `parent`.
@@ -262,11 +267,16 @@ impl Vault {
         self.remove_entry(node)?;
         self.cache.forget_child(parent, &node.name);
         self.cache.subdirs_changed(parent, -1);
+        // The directory is gone from its parent: its content directory is only cleanup now
+        // (an orphan one is reported by `check`).
         let content_dir = self.content_dir(id);
-        match fs::remove_dir_all(&content_dir) {
-            Err(e) if !is_not_found(&e) => Err(Error::io(&content_dir, e)),
-            _ => Ok(()),
+        match fault::remove_dir_all(&content_dir) {
+            Err(e) if !is_not_found(&e) => {
+                tracing::warn!(path = %content_dir.display(), error = %e, "cannot delete the content directory of a removed directory");
+            }
+            _ => {}
         }
+        Ok(())
     }
 
     /// Renames `src_name` in `src_parent` to `dst_name` in `dst_parent`. An existing target is
@@ -317,17 +327,24 @@ impl Vault {
         }
         let (dst_entry, dst_short, dst_c9r) = self.entry_for(dst_parent, &dst_name);
         let moved = match (src.shortened, dst_short) {
-            (false, false) => fs::rename(&src.entry, &dst_entry).at(&dst_entry),
-            (true, true) => fs::rename(&src.entry, &dst_entry)
+            (false, false) => fault::rename(&src.entry, &dst_entry).at(&dst_entry),
+            (true, true) => fault::rename(&src.entry, &dst_entry)
                 .at(&dst_entry)
-                .and_then(|()| write_atomic(&dst_entry.join(NAME_FILE), dst_c9r.as_bytes(), 0o644)),
+                .and_then(|()| {
+                    write_atomic(&dst_entry.join(NAME_FILE), dst_c9r.as_bytes(), 0o644).inspect_err(
+                        |_| {
+                            // The entry keeps its old name.c9s: move it back where that is right.
+                            let _ = fault::rename(&dst_entry, &src.entry);
+                        },
+                    )
+                }),
             (false, true) | (true, false) => {
                 self.move_between_shapes(&src, &dst_entry, dst_short, &dst_c9r)
             }
         };
         if let Err(e) = moved {
             if let Some((h, dst)) = &hidden {
-                if let Err(back) = fs::rename(h, &dst.entry) {
+                if let Err(back) = fault::rename(h, &dst.entry) {
                     tracing::error!(error = %back, hidden = %h.display(), "cannot put a replaced target back; `oxcrypt check` lists it");
                 }
             }
@@ -335,14 +352,14 @@ impl Vault {
         }
         if let Some((h, dst)) = hidden {
             let _ = if h.is_dir() {
-                fs::remove_dir_all(&h)
+                fault::remove_dir_all(&h)
             } else {
-                fs::remove_file(&h)
+                fault::remove_file(&h)
             };
             if let NodeKind::Directory(dst_id) = &dst.kind {
                 self.cache.forget_child(dst_parent, &dst.name);
                 self.cache.subdirs_changed(dst_parent, -1);
-                let _ = fs::remove_dir_all(self.content_dir(dst_id));
+                let _ = fault::remove_dir_all(&self.content_dir(dst_id));
             }
         }
         self.cache.forget_child(src_parent, &src.name);
@@ -358,7 +375,7 @@ impl Vault {
     /// Moves a node's entry to a hidden temporary name beside it; returns that name.
     fn hide_entry(&self, node: &Node) -> Result<std::path::PathBuf> {
         let hidden = temp_sibling(&node.entry, "old");
-        fs::rename(&node.entry, &hidden).at(&node.entry)?;
+        fault::rename(&node.entry, &hidden).at(&node.entry)?;
         Ok(hidden)
     }
 
@@ -386,23 +403,60 @@ impl Vault {
             ));
         }
         // Three renames through a hidden name; a failure undoes the ones done.
-        let tmp = temp_sibling(&a.entry, "exchange");
-        fs::rename(&a.entry, &tmp).at(&tmp)?;
-        if let Err(e) = fs::rename(&b.entry, &a.entry) {
-            let _ = fs::rename(&tmp, &a.entry);
-            return Err(Error::io(&a.entry, e));
-        }
-        if let Err(e) = fs::rename(&tmp, &b.entry) {
-            let _ = fs::rename(&a.entry, &b.entry);
-            let _ = fs::rename(&tmp, &a.entry);
-            return Err(Error::io(&b.entry, e));
-        }
-        if a.shortened {
-            // Each .c9s node keeps the full name of its place, not of its former node.
+        let swap = |x: &Path, y: &Path| -> Result<()> {
+            let tmp = temp_sibling(x, "exchange");
+            fault::rename(x, &tmp).at(&tmp)?;
+            if let Err(e) = fault::rename(y, x) {
+                let _ = fault::rename(&tmp, x);
+                return Err(Error::io(x, e));
+            }
+            if let Err(e) = fault::rename(&tmp, y) {
+                let _ = fault::rename(x, y);
+                let _ = fault::rename(&tmp, x);
+                return Err(Error::io(y, e));
+            }
+            Ok(())
+        };
+        if !a.shortened {
+            swap(&a.entry, &b.entry)?;
+        } else {
+            // Each .c9s node must hold the full name of its new place. Those names are written
+            // beside the nodes first and moved over their name.c9s after the swap; a failure
+            // at any step undoes the steps before it.
             let (_, _, a_c9r) = self.entry_for(a_parent, &a.name);
             let (_, _, b_c9r) = self.entry_for(b_parent, &b.name);
-            write_atomic(&a.entry.join(NAME_FILE), a_c9r.as_bytes(), 0o644)?;
-            write_atomic(&b.entry.join(NAME_FILE), b_c9r.as_bytes(), 0o644)?;
+            const NEXT: &str = ".oxcrypt-name-next";
+            let (a_next, b_next) = (b.entry.join(NEXT), a.entry.join(NEXT));
+            fault::write(&a_next, a_c9r.as_bytes()).at(&a_next)?;
+            let undo_next = || {
+                let _ = fault::remove_file(&a.entry.join(NEXT));
+                let _ = fault::remove_file(&b.entry.join(NEXT));
+                let _ = fault::remove_file(&a_next);
+                let _ = fault::remove_file(&b_next);
+            };
+            if let Err(e) = fault::write(&b_next, b_c9r.as_bytes()) {
+                undo_next();
+                return Err(Error::io(&b_next, e));
+            }
+            if let Err(e) = swap(&a.entry, &b.entry) {
+                undo_next();
+                return Err(e);
+            }
+            // After the swap the node at a's place holds a's next name, and so on.
+            let at_a = (a.entry.join(NEXT), a.entry.join(NAME_FILE));
+            let at_b = (b.entry.join(NEXT), b.entry.join(NAME_FILE));
+            if let Err(e) = fault::rename(&at_a.0, &at_a.1) {
+                let _ = swap(&a.entry, &b.entry);
+                undo_next();
+                return Err(Error::io(&at_a.1, e));
+            }
+            if let Err(e) = fault::rename(&at_b.0, &at_b.1) {
+                // The node at a's place had b's name before: give it back, then swap back.
+                let _ = fault::write(&at_a.1, b_c9r.as_bytes());
+                let _ = swap(&a.entry, &b.entry);
+                undo_next();
+                return Err(Error::io(&at_b.1, e));
+            }
         }
         self.cache.forget_child(a_parent, &a.name);
         self.cache.forget_child(b_parent, &b.name);
@@ -421,7 +475,7 @@ impl Vault {
         dst_c9r: &str,
     ) -> Result<()> {
         let noreplace = |from: &Path, to: &Path| {
-            rename_noreplace(from, to).map_err(|e| match e.raw_os_error() {
+            fault::rename_noreplace(from, to).map_err(|e| match e.raw_os_error() {
                 Some(libc::EEXIST) | Some(libc::ENOTEMPTY) => {
                     Error::AlreadyExists(src.name.clone())
                 }
@@ -439,25 +493,25 @@ impl Vault {
                 }
                 noreplace(&src.entry, dst_entry)?;
                 if !dst_short {
-                    let _ = fs::remove_file(dst_entry.join(NAME_FILE));
+                    let _ = fault::remove_file(&dst_entry.join(NAME_FILE));
                 }
             }
             (false, true) => {
                 // A plain file becomes shortened: its new entry is built around it.
                 let tmp = temp_sibling(dst_entry, "new");
-                fs::create_dir(&tmp).at(&tmp)?;
+                fault::create_dir(&tmp).at(&tmp)?;
                 let payload = tmp.join(CONTENTS_FILE);
                 let r = (|| {
                     let name_file = tmp.join(NAME_FILE);
-                    fs::write(&name_file, dst_c9r.as_bytes()).at(&name_file)?;
-                    fs::rename(&src.entry, &payload).at(&payload)?;
+                    fault::write(&name_file, dst_c9r.as_bytes()).at(&name_file)?;
+                    fault::rename(&src.entry, &payload).at(&payload)?;
                     noreplace(&tmp, dst_entry)
                 })();
                 if let Err(e) = r {
                     if payload.exists() {
-                        let _ = fs::rename(&payload, &src.entry);
+                        let _ = fault::rename(&payload, &src.entry);
                     }
-                    let _ = fs::remove_dir_all(&tmp);
+                    let _ = fault::remove_dir_all(&tmp);
                     return Err(e);
                 }
             }
@@ -465,10 +519,10 @@ impl Vault {
                 // A shortened file becomes plain: its entry is hidden first, then emptied.
                 let hidden = self.hide_entry(src)?;
                 if let Err(e) = noreplace(&hidden.join(CONTENTS_FILE), dst_entry) {
-                    let _ = fs::rename(&hidden, &src.entry);
+                    let _ = fault::rename(&hidden, &src.entry);
                     return Err(e);
                 }
-                let _ = fs::remove_dir_all(&hidden);
+                let _ = fault::remove_dir_all(&hidden);
             }
             (false, false) => unreachable!("a plain file keeps its shape when its name does"),
         }
@@ -545,5 +599,288 @@ impl Vault {
         } else {
             Expect::File
         }
+    }
+}
+
+/// Every change to the tree under an injected failure at each of its steps (see `fault.rs`):
+/// the change happens whole or not at all, every other node reads back unchanged, and
+/// `check` finds no error.
+#[cfg(test)]
+mod fault_tests {
+    use std::path::{Path, PathBuf};
+
+    use crate::content::CipherCombo;
+    use crate::vault::{CreateOptions, Vault};
+    use crate::{fault, Result};
+
+    const PW: &str = "pw";
+
+    fn long(tag: &str) -> String {
+        format!("{tag}-{}", "x".repeat(200))
+    }
+
+    fn template(dir: &Path) {
+        let v = Vault::create(
+            dir,
+            PW,
+            &CreateOptions {
+                cipher_combo: CipherCombo::SivGcm,
+                scrypt_cost: 2,
+            },
+        )
+        .unwrap();
+        let root = v.root_id().clone();
+        let put = |parent: &crate::DirId, name: &str, data: &[u8]| {
+            let n = v.create_file(parent, name, 0o644).unwrap();
+            v.open_file(&n, true).unwrap().write_at(0, data).unwrap();
+        };
+        put(&root, "a.txt", &vec![1u8; 50_000]);
+        put(&root, &long("file"), b"long file");
+        let d = v.mkdir(&root, "d", 0o755).unwrap();
+        put(d.dir_id().unwrap(), "inner", b"inner");
+        v.mkdir(&root, "e", 0o755).unwrap();
+        v.mkdir(&root, &long("dir"), 0o755).unwrap();
+        v.symlink(&root, "ln", "target").unwrap();
+        v.symlink(&root, &long("link"), "t2").unwrap();
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let dst = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_tree(&e.path(), &dst);
+            } else {
+                std::fs::copy(e.path(), dst).unwrap();
+            }
+        }
+    }
+
+    /// Every node with its kind and content, sorted.
+    fn snapshot(v: &Vault) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = v.root();
+        v.walk("", &root, &mut |path, node| {
+            let what = match &node.kind {
+                crate::NodeKind::Directory(_) => "dir".to_string(),
+                crate::NodeKind::Symlink => format!("link {}", v.readlink(node)?),
+                crate::NodeKind::File => {
+                    let read = || -> Result<String> {
+                        let fh = v.open_file(node, false)?;
+                        let mut buf = vec![0u8; fh.size()? as usize];
+                        let n = fh.read_at(0, &mut buf)?;
+                        let sum: u64 = buf[..n].iter().map(|&b| b as u64).sum();
+                        Ok(format!("file {n} {sum}"))
+                    };
+                    read().unwrap_or_else(|e| format!("unreadable: {e}"))
+                }
+            };
+            out.push(format!("{path} {what}"));
+            Ok(())
+        })
+        .unwrap();
+        out.sort();
+        out
+    }
+
+    fn check_errors(v: &Vault) -> Vec<String> {
+        let report = crate::check::check(v, &mut |_| {}).unwrap();
+        report
+            .problems
+            .iter()
+            .filter(|p| p.severity == crate::check::Severity::Error)
+            .map(|p| p.message.clone())
+            .collect()
+    }
+
+    type Op = Box<dyn Fn(&Vault) -> Result<()>>;
+
+    fn ops() -> Vec<(&'static str, Op)> {
+        fn file(v: &Vault, path: &str) -> Result<crate::vault::FileHandle> {
+            let n = v.resolve(path)?;
+            v.open_file(&n, true)
+        }
+        let r = |v: &Vault| v.root_id().clone();
+        let d = |v: &Vault| v.resolve("/d").unwrap().dir_id().unwrap().clone();
+        vec![
+            (
+                "create",
+                Box::new(move |v: &Vault| v.create_file(&r(v), "new", 0o644).map(drop)),
+            ),
+            (
+                "create long",
+                Box::new(move |v: &Vault| v.create_file(&r(v), &long("new"), 0o644).map(drop)),
+            ),
+            (
+                "overwrite",
+                Box::new(|v: &Vault| file(v, "/a.txt")?.write_at(100, &[9u8; 100])),
+            ),
+            (
+                "append",
+                Box::new(|v: &Vault| file(v, "/a.txt")?.write_at(50_000, &[7u8; 40_000])),
+            ),
+            (
+                "write far",
+                Box::new(|v: &Vault| file(v, "/a.txt")?.write_at(200_000, b"far")),
+            ),
+            (
+                "truncate down",
+                Box::new(|v: &Vault| file(v, "/a.txt")?.set_len(10_000)),
+            ),
+            (
+                "truncate up",
+                Box::new(|v: &Vault| file(v, "/a.txt")?.set_len(120_000)),
+            ),
+            (
+                "mkdir",
+                Box::new(move |v: &Vault| v.mkdir(&r(v), "m", 0o755).map(drop)),
+            ),
+            (
+                "mkdir long",
+                Box::new(move |v: &Vault| v.mkdir(&r(v), &long("m"), 0o755).map(drop)),
+            ),
+            (
+                "symlink",
+                Box::new(move |v: &Vault| v.symlink(&r(v), "s", "t").map(drop)),
+            ),
+            (
+                "symlink long",
+                Box::new(move |v: &Vault| v.symlink(&r(v), &long("s"), "t").map(drop)),
+            ),
+            (
+                "unlink",
+                Box::new(move |v: &Vault| v.unlink(&r(v), "a.txt")),
+            ),
+            (
+                "unlink long",
+                Box::new(move |v: &Vault| v.unlink(&r(v), &long("file"))),
+            ),
+            (
+                "unlink long link",
+                Box::new(move |v: &Vault| v.unlink(&r(v), &long("link"))),
+            ),
+            ("rmdir", Box::new(move |v: &Vault| v.rmdir(&r(v), "e"))),
+            (
+                "rmdir long",
+                Box::new(move |v: &Vault| v.rmdir(&r(v), &long("dir"))),
+            ),
+            (
+                "rename",
+                Box::new(move |v: &Vault| v.rename(&r(v), "a.txt", &r(v), "b.txt", true)),
+            ),
+            (
+                "rename to long",
+                Box::new(move |v: &Vault| v.rename(&r(v), "a.txt", &r(v), &long("b"), true)),
+            ),
+            (
+                "rename long to short",
+                Box::new(move |v: &Vault| v.rename(&r(v), &long("file"), &r(v), "short", true)),
+            ),
+            (
+                "rename long to long",
+                Box::new(move |v: &Vault| {
+                    v.rename(&r(v), &long("file"), &r(v), &long("other"), true)
+                }),
+            ),
+            (
+                "replace long by short",
+                Box::new(move |v: &Vault| v.rename(&r(v), "a.txt", &r(v), &long("file"), true)),
+            ),
+            (
+                "replace short by long",
+                Box::new(move |v: &Vault| v.rename(&r(v), &long("file"), &r(v), "a.txt", true)),
+            ),
+            (
+                "replace link by file",
+                Box::new(move |v: &Vault| v.rename(&r(v), "a.txt", &r(v), "ln", true)),
+            ),
+            (
+                "rename dir",
+                Box::new(move |v: &Vault| v.rename(&r(v), "d", &r(v), "d2", true)),
+            ),
+            (
+                "rename dir to long",
+                Box::new(move |v: &Vault| v.rename(&r(v), "d", &r(v), &long("d"), true)),
+            ),
+            (
+                "replace empty dir",
+                Box::new(move |v: &Vault| v.rename(&r(v), "d", &r(v), "e", true)),
+            ),
+            (
+                "replace long empty dir",
+                Box::new(move |v: &Vault| v.rename(&r(v), "e", &r(v), &long("dir"), true)),
+            ),
+            (
+                "move across",
+                Box::new(move |v: &Vault| v.rename(&r(v), "a.txt", &d(v), "a.txt", true)),
+            ),
+            (
+                "move long across",
+                Box::new(move |v: &Vault| {
+                    v.rename(&r(v), &long("file"), &d(v), &long("file"), true)
+                }),
+            ),
+            (
+                "exchange",
+                Box::new(move |v: &Vault| v.exchange(&r(v), "a.txt", &d(v), "inner")),
+            ),
+            (
+                "exchange long",
+                Box::new(move |v: &Vault| v.exchange(&r(v), &long("file"), &r(v), &long("link"))),
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_change_is_all_or_nothing_at_every_step() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tpl = tmp.path().join("template");
+        template(&tpl);
+        let before = snapshot(&Vault::open(&tpl, PW).unwrap());
+        let fresh = |name: &str| -> (PathBuf, Vault) {
+            let dir = tmp.path().join(name);
+            let _ = std::fs::remove_dir_all(&dir);
+            copy_tree(&tpl, &dir);
+            let v = Vault::open(&dir, PW).unwrap();
+            (dir, v)
+        };
+        let mut steps = 0;
+        let mut failures = Vec::new();
+        for (name, op) in ops() {
+            let (_, v) = fresh("expected");
+            op(&v).unwrap_or_else(|e| panic!("{name} without faults: {e}"));
+            let after = snapshot(&v);
+            assert_ne!(after, before, "{name} changes nothing");
+            for n in 1.. {
+                let (_, v) = fresh("run");
+                fault::fail_nth(n);
+                let r = op(&v);
+                let hit = fault::disarm();
+                let v = Vault::open(&tmp.path().join("run"), PW).unwrap();
+                let now = snapshot(&v);
+                if !hit {
+                    r.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    assert_eq!(now, after, "{name}");
+                    break;
+                }
+                steps += 1;
+                match &r {
+                    Ok(()) if now != after => {
+                        failures.push(format!("{name}: step {n} failed, reported success"))
+                    }
+                    Err(e) if now != before => {
+                        failures.push(format!("{name}: step {n} failed ({e}), half done: {now:?}"))
+                    }
+                    _ => {}
+                }
+                let errors = check_errors(&v);
+                if !errors.is_empty() {
+                    failures.push(format!("{name}: step {n}: check: {errors:?}"));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        eprintln!("{steps} failure points exercised");
+        assert!(steps > 60, "only {steps} failure points were exercised");
     }
 }

@@ -16,6 +16,7 @@ use bumpalo::Bump;
 use crate::config::{VaultConfig, CONFIG_FILE, MASTERKEY_FILE};
 use crate::content::{CipherCombo, ContentCryptor};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
+use crate::fault;
 use crate::fsutil::write_atomic;
 use crate::keys::MasterKeys;
 use crate::masterkey_file::{MasterkeyFile, DEFAULT_SCRYPT_COST};
@@ -229,7 +230,7 @@ impl Vault {
 
     pub(crate) fn create_content_dir(&self, dir_id: &DirId) -> Result<PathBuf> {
         let dir = self.content_dir(dir_id);
-        fs::create_dir_all(&dir).at(&dir)?;
+        fault::create_dir_all(&dir).at(&dir)?;
         // Like cryptofs ≥ 2.4.2 / cryptolib ≥ 2.2.1: the backup always ends with a chunk, an
         // empty one for the root.
         let mut backup = self.content.encrypt_small(dir_id.as_bytes());
@@ -243,9 +244,9 @@ impl Vault {
             backup.extend_from_slice(&chunk);
         }
         let backup_path = dir.join(DIRID_FILE);
-        if let Err(e) = fs::write(&backup_path, &backup) {
+        if let Err(e) = fault::write(&backup_path, &backup) {
             // No orphan content directory from a failed mkdir (a full disk, say).
-            let _ = fs::remove_dir_all(&dir);
+            let _ = fault::remove_dir_all(&dir);
             return Err(Error::io(&backup_path, e));
         }
         Ok(dir)
