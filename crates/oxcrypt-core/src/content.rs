@@ -394,7 +394,7 @@ impl ContentCryptor {
     }
 
     /// Authenticates and decrypts chunk `index` from `data` into `out`; returns the cleartext
-    /// length. Nothing is written to `out` unless authentication succeeds.
+    /// length. On a failure `out` holds no unauthenticated byte (what was written is wiped).
     pub fn decrypt_chunk(
         &self,
         header: &FileHeader,
