@@ -7,6 +7,7 @@
 //! workloads, `report.rs` the tables, JSON and charts.
 
 mod report;
+mod soak;
 mod targets;
 mod workloads;
 
@@ -36,6 +37,9 @@ enum Suite {
     Workloads,
     /// A small version of everything, for development (well under a minute per target).
     Quick,
+    /// 16 clients of mixed operations, each checked against its own model, for 10 minutes
+    /// (scale 1), with the daemon's memory sampled every second.
+    Soak,
 }
 
 #[derive(clap::Args)]
@@ -177,8 +181,13 @@ fn bench(common: &Common, targets: Vec<Target>) -> Result<()> {
     let (iterations, scale) = match common.suite {
         Suite::Workloads => (common.iterations.unwrap_or(3), common.scale.unwrap_or(1.0)),
         Suite::Quick => (common.iterations.unwrap_or(1), common.scale.unwrap_or(0.03)),
+        Suite::Soak => (common.iterations.unwrap_or(1), common.scale.unwrap_or(1.0)),
     };
-    let workloads: Vec<_> = workloads::all()
+    let all = match common.suite {
+        Suite::Soak => vec![workloads::soak()],
+        _ => workloads::all(),
+    };
+    let workloads: Vec<_> = all
         .into_iter()
         .filter(|w| common.only.is_empty() || common.only.iter().any(|o| o == w.name))
         .collect();
@@ -233,7 +242,7 @@ fn bench(common: &Common, targets: Vec<Target>) -> Result<()> {
 fn measure(target: &Target, w: &workloads::Workload, scale: f64) -> Result<Vec<workloads::Metric>> {
     let mounted = target.mount()?;
     let cpu0 = mounted.cpu_seconds();
-    let result = (w.run)(&mounted.dir, scale);
+    let result = (w.run)(&mounted.dir, scale, mounted.pid());
     let cpu = mounted.cpu_seconds().zip(cpu0).map(|(a, b)| a - b);
     let rss = mounted.peak_rss_mib();
     mounted.unmount();

@@ -38,8 +38,18 @@ pub struct Workload {
     pub name: &'static str,
     /// The metric charted and summarised.
     pub main: &'static str,
-    /// Runs in `dir` with `scale`.
-    pub run: fn(&Path, f64) -> Result<Vec<Metric>>,
+    /// Runs in `dir` with `scale`; the last argument is the daemon's pid, if there is one.
+    pub run: fn(&Path, f64, Option<u32>) -> Result<Vec<Metric>>,
+}
+
+/// Wraps a workload that does not look at the daemon.
+macro_rules! plain {
+    ($f:ident) => {{
+        fn run(dir: &Path, scale: f64, _pid: Option<u32>) -> Result<Vec<Metric>> {
+            $f(dir, scale)
+        }
+        run
+    }};
 }
 
 /// Every workload, in report order.
@@ -48,49 +58,58 @@ pub fn all() -> Vec<Workload> {
         Workload {
             name: "large-media",
             main: "seq write MB/s",
-            run: large_media,
+            run: plain!(large_media),
         },
         Workload {
             name: "video",
             main: "MB/s",
-            run: video,
+            run: plain!(video),
         },
         Workload {
             name: "concurrent",
             main: "randread 4k x4 IOPS",
-            run: concurrent,
+            run: plain!(concurrent),
         },
         Workload {
             name: "fio-direct",
             main: "randread 4k x4 IOPS",
-            run: fio_direct,
+            run: plain!(fio_direct),
         },
         Workload {
             name: "ide",
             main: "total s",
-            run: ide,
+            run: plain!(ide),
         },
         Workload {
             name: "working-set",
             main: "ops/s",
-            run: working_set,
+            run: plain!(working_set),
         },
         Workload {
             name: "small-files",
             main: "create s",
-            run: small_files,
+            run: plain!(small_files),
         },
         Workload {
             name: "big-dirs",
             main: "create in 10k dir us/op",
-            run: big_dirs,
+            run: plain!(big_dirs),
         },
         Workload {
             name: "archive",
             main: "extract s",
-            run: archive,
+            run: plain!(archive),
         },
     ]
+}
+
+/// The soak workload (`--suite soak`), apart from the others: it runs for minutes.
+pub fn soak() -> Workload {
+    Workload {
+        name: "soak",
+        main: "ops/s",
+        run: crate::soak::soak,
+    }
 }
 
 /// Drops the page cache so reads come from the backing store (root only; ignored otherwise).
