@@ -124,6 +124,11 @@ impl OpenFileTable {
         true
     }
 
+    /// The kernel forgot `ino`: drops what the page-cache policy kept of it.
+    pub fn forget(&self, ino: u64) {
+        self.page_cache.forget(ino);
+    }
+
     /// Every file open now.
     pub fn all(&self) -> Vec<Arc<OpenFile>> {
         self.by_inode.iter().filter_map(|e| e.upgrade()).collect()

@@ -58,6 +58,11 @@ impl PageCachePolicy {
         }
     }
 
+    /// The kernel forgot `ino` (its number is never used again): drops its stamp.
+    pub fn forget(&self, ino: u64) {
+        self.stamps.remove(&ino);
+    }
+
     /// Records the release of a handle. On the last one, `stamp` is read and kept for the
     /// next open, unless the file became suspect.
     pub fn closed(&self, ino: u64, stamp: impl FnOnce() -> Option<Stamp>) {

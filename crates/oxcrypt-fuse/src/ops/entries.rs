@@ -129,6 +129,7 @@ impl Fs {
     pub fn forget(&self, ino: u64, nlookup: u64) {
         if self.inodes.forget(ino, nlookup) {
             self.cache.drop_inode(ino);
+            self.files.forget(ino);
         }
     }
 
