@@ -253,6 +253,21 @@ pub fn soak(dir: &Path, scale: f64, pid: Option<u32>) -> Result<Vec<Metric>> {
             value: (after - during).max(0.0),
             higher_is_better: false,
         });
+        // A plateau or a leak: growth over the second half alone.
+        let half = elapsed / 2.0;
+        let first_half = peak(&|t| t <= half);
+        let second_half = peak(&|t| t > half);
+        out.push(Metric {
+            name: "RSS growth in the second half MiB".into(),
+            unit: "MiB",
+            value: (second_half - first_half).max(0.0),
+            higher_is_better: false,
+        });
+        if std::env::var_os("OXBENCH_SOAK_SAMPLES").is_some() {
+            for (t, r) in &samples {
+                eprintln!("rss {t:.0} s {r:.1} MiB");
+            }
+        }
     }
     Ok(out)
 }
