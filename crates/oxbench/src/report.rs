@@ -105,18 +105,19 @@ pub fn markdown(r: &Results) -> String {
                 let med = median(&s.values);
                 let min = s.values.iter().cloned().fold(f64::INFINITY, f64::min);
                 let max = s.values.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let ratio = base
-                    .map(|b| if b > 0.0 { med / b } else { f64::NAN })
-                    .unwrap_or(f64::NAN);
+                // A ratio to a zero baseline means nothing: shown as "–".
+                let ratio = match base {
+                    Some(b) if b > 0.0 => format!("{:.2}×", med / b),
+                    _ => "–".to_string(),
+                };
                 let arrow = if s.higher_is_better { "↑" } else { "↓" };
                 let _ = writeln!(
                     out,
-                    "| {name} {arrow} | {t} | {} {} | {} – {} | {:.2}× |",
+                    "| {name} {arrow} | {t} | {} {} | {} – {} | {ratio} |",
                     fmt(med),
                     s.unit,
                     fmt(min),
                     fmt(max),
-                    ratio
                 );
             }
         }
