@@ -92,12 +92,17 @@ impl Mount {
     }
 }
 
-fn init_vault(vault: &Path) {
-    let out = Command::new(bin())
-        .args(["init", vault.to_str().unwrap(), "--scrypt-cost", "16"])
+/// Runs an offline `oxcrypt` command with the test password.
+fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
         .env("OXCRYPT_PASSWORD", PW)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn init_vault(vault: &Path) {
+    let out = cli(&["init", vault.to_str().unwrap(), "--scrypt-cost", "16"]);
     assert!(
         out.status.success(),
         "{}",
@@ -539,26 +544,18 @@ fn mount_and_offline_cli_agree_both_ways() {
     let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &[]);
     let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
     fs::write(m.mnt.join("via-mount"), &data).unwrap();
-    let cat = Command::new(bin())
-        .args(["cat", vault.to_str().unwrap(), "/via-mount"])
-        .env("OXCRYPT_PASSWORD", PW)
-        .output()
-        .unwrap();
+    let cat = cli(&["cat", vault.to_str().unwrap(), "/via-mount"]);
     assert_eq!(cat.stdout, data);
     assert!(m.unmount().success());
     // Written offline, read through a new mount.
     let local = tempfile::NamedTempFile::new().unwrap();
     fs::write(local.path(), b"from the cli").unwrap();
-    let put = Command::new(bin())
-        .args([
-            "put",
-            vault.to_str().unwrap(),
-            local.path().to_str().unwrap(),
-            "/via-cli",
-        ])
-        .env("OXCRYPT_PASSWORD", PW)
-        .output()
-        .unwrap();
+    let put = cli(&[
+        "put",
+        vault.to_str().unwrap(),
+        local.path().to_str().unwrap(),
+        "/via-cli",
+    ]);
     assert!(
         put.status.success(),
         "{}",
@@ -701,11 +698,7 @@ fn sigterm_flushes_and_unmounts_with_status_0() {
     let status = m.child.take().unwrap().wait().unwrap();
     assert!(status.success(), "daemon exit: {status:?}");
     assert!(!is_mounted(&m.mnt));
-    let cat = Command::new(bin())
-        .args(["cat", m.vault.to_str().unwrap(), "/open-at-exit"])
-        .env("OXCRYPT_PASSWORD", PW)
-        .output()
-        .unwrap();
+    let cat = cli(&["cat", m.vault.to_str().unwrap(), "/open-at-exit"]);
     assert_eq!(cat.stdout, b"written before SIGTERM");
 }
 
@@ -784,16 +777,12 @@ fn changes_behind_the_mounts_back_show_after_the_cache_ttl() {
     // A sync client (here: the offline CLI) replaces the file in the ciphertext directory.
     let local = tmp.path().join("v2");
     fs::write(&local, b"version two, longer").unwrap();
-    let put = Command::new(bin())
-        .args([
-            "put",
-            vault.to_str().unwrap(),
-            local.to_str().unwrap(),
-            "/synced.txt",
-        ])
-        .env("OXCRYPT_PASSWORD", PW)
-        .output()
-        .unwrap();
+    let put = cli(&[
+        "put",
+        vault.to_str().unwrap(),
+        local.to_str().unwrap(),
+        "/synced.txt",
+    ]);
     assert!(
         put.status.success(),
         "{}",
@@ -966,11 +955,7 @@ fn a_full_disk_fails_appends_and_grows_and_keeps_what_was_stored() {
     drop(g);
     fs::remove_file(small.dir.join("filler")).unwrap();
     assert!(m.unmount().success());
-    let cat = Command::new(bin())
-        .args(["cat", vault.to_str().unwrap(), "/f"])
-        .env("OXCRYPT_PASSWORD", PW)
-        .output()
-        .unwrap();
+    let cat = cli(&["cat", vault.to_str().unwrap(), "/f"]);
     assert!(
         cat.status.success(),
         "{}",
@@ -1095,11 +1080,7 @@ fn a_directory_cycle_ends_walks_on_the_mount_and_offline() {
     assert!(listed < 10, "find listed {listed} paths");
     assert!(m.unmount().success());
     let tree = within(60, "oxcrypt tree over a cycle", move || {
-        Command::new(bin())
-            .args(["tree", vault.to_str().unwrap()])
-            .env("OXCRYPT_PASSWORD", PW)
-            .output()
-            .unwrap()
+        cli(&["tree", vault.to_str().unwrap()])
     });
     assert_eq!(tree.status.code(), Some(1), "{tree:?}");
     assert!(String::from_utf8_lossy(&tree.stderr).contains("cycle"));
@@ -1151,11 +1132,7 @@ fn a_full_disk_leaves_no_half_made_names() {
     }
     assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), names.len());
     assert!(m.unmount().success());
-    let check = Command::new(bin())
-        .args(["check", vault.to_str().unwrap()])
-        .env("OXCRYPT_PASSWORD", PW)
-        .output()
-        .unwrap();
+    let check = cli(&["check", vault.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&check.stdout).to_string()
         + &String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{out}");
@@ -1195,24 +1172,17 @@ fn put_over_an_existing_file_keeps_it_when_the_copy_fails() {
     init_vault(&dst_vault);
     let old = tmp.path().join("old");
     fs::write(&old, b"the old content").unwrap();
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .args(args)
-            .env("OXCRYPT_PASSWORD", PW)
-            .output()
-            .unwrap()
-    };
     let d = dst_vault.to_str().unwrap();
-    assert!(run(&["put", d, old.to_str().unwrap(), "/f"])
+    assert!(cli(&["put", d, old.to_str().unwrap(), "/f"])
         .status
         .success());
-    let put = run(&["put", d, m.mnt.join("big").to_str().unwrap(), "/f"]);
+    let put = cli(&["put", d, m.mnt.join("big").to_str().unwrap(), "/f"]);
     assert!(
         !put.status.success(),
         "the copy of a tampered file succeeded"
     );
-    assert_eq!(run(&["cat", d, "/f"]).stdout, b"the old content");
-    let ls = String::from_utf8(run(&["ls", d, "/"]).stdout).unwrap();
+    assert_eq!(cli(&["cat", d, "/f"]).stdout, b"the old content");
+    let ls = String::from_utf8(cli(&["ls", d, "/"]).stdout).unwrap();
     assert_eq!(ls.trim(), "f", "left behind: {ls}");
     assert!(m.unmount().success());
 }
@@ -1290,11 +1260,7 @@ fn kill_9_during_writes_and_renames_loses_nothing_that_was_synced() {
         assert_eq!(n, 40_000 + i * 997, "{name}");
         assert!(buf[..n].iter().all(|&b| b == (i % 251) as u8 + 1), "{name}");
     }
-    let check = Command::new(bin())
-        .args(["check", vault.to_str().unwrap()])
-        .env("OXCRYPT_PASSWORD", PW)
-        .output()
-        .unwrap();
+    let check = cli(&["check", vault.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&check.stdout);
     for line in out.lines().filter(|l| l.starts_with("error")) {
         assert!(line.contains("-tmp"), "check: {line}");
