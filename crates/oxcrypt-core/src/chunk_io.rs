@@ -212,7 +212,8 @@ impl ChunkFile<'_> {
             return Ok(());
         };
         let combo = self.cryptor.combo();
-        let old_ct = self.file.metadata().at(self.path)?.len();
+        // `old_size` was derived from the ciphertext length, which is therefore this.
+        let old_ct = combo.ciphertext_size(old_size);
         let new_ct = combo.ciphertext_size(plan.new_size);
         let grows = new_ct > old_ct;
         if grows && new_ct - old_ct > RESERVE_ABOVE {

@@ -78,6 +78,16 @@ fn open_err(path: &Path, e: std::io::Error) -> Error {
 /// Opens the regular file at `path` for reading (and writing if `write`), refusing symlinks,
 /// FIFOs, devices and directories.
 pub fn open_file(path: &Path, write: bool) -> Result<File> {
+    let (file, _) = open_checked(path, write)?;
+    // The descriptor is handed to io_uring, which answers EAGAIN for O_NONBLOCK files
+    // instead of waiting: drop the flag again.
+    clear_nonblock(&file);
+    Ok(file)
+}
+
+/// Opens `path` with `O_NOFOLLOW | O_NONBLOCK` and checks with `fstat` that it is a regular
+/// file; returns the descriptor (still `O_NONBLOCK`) and its metadata.
+fn open_checked(path: &Path, write: bool) -> Result<(File, Metadata)> {
     let file = OpenOptions::new()
         .read(true)
         .write(write)
@@ -86,11 +96,10 @@ pub fn open_file(path: &Path, write: bool) -> Result<File> {
         .map_err(|e| open_err(path, e))?;
     let md = file.metadata().at(path)?;
     check_type(path, &md, Expect::File)?;
-    clear_nonblock(&file);
-    Ok(file)
+    Ok((file, md))
 }
 
-/// Drops `O_NONBLOCK` again (it only guarded the open; regular files ignore it anyway).
+/// Drops `O_NONBLOCK` again.
 fn clear_nonblock(file: &File) {
     let fd = file.as_raw_fd();
     // SAFETY: fcntl on a descriptor we own, with plain integer arguments.
@@ -105,8 +114,9 @@ fn clear_nonblock(file: &File) {
 /// Reads the regular file at `path` whole, refusing anything longer than `limit` bytes; the
 /// size check and the read use one descriptor.
 pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
-    let file = open_file(path, false)?;
-    let len = file.metadata().at(path)?.len();
+    // Read with plain read(2) from a regular file, which ignores O_NONBLOCK: no need to clear.
+    let (file, md) = open_checked(path, false)?;
+    let len = md.len();
     if len > limit {
         return Err(broken(
             path,
