@@ -73,9 +73,9 @@ pub struct EngineConfig {
 #[derive(Debug, Default)]
 pub struct ChangeQueue {
     submitted: AtomicU64,
-    /// Mirrors `completed` for the lock-free fast path.
-    completed_fast: AtomicU64,
-    completed: Mutex<u64>,
+    completed: AtomicU64,
+    /// Held to count a completion and to sleep on `done`, so no wake-up is missed.
+    lock: Mutex<()>,
     done: Condvar,
 }
 
@@ -84,9 +84,8 @@ pub(crate) struct Completion<'a>(&'a ChangeQueue);
 
 impl Drop for Completion<'_> {
     fn drop(&mut self) {
-        let mut c = self.0.completed.lock().unwrap_or_else(|p| p.into_inner());
-        *c += 1;
-        self.0.completed_fast.store(*c, Ordering::Release);
+        let _guard = self.0.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.completed.fetch_add(1, Ordering::AcqRel);
         self.0.done.notify_all();
     }
 }
@@ -104,12 +103,12 @@ impl ChangeQueue {
     /// Waits until every change submitted so far is done.
     fn wait_for_earlier(&self) {
         let target = self.submitted.load(Ordering::Acquire);
-        if self.completed_fast.load(Ordering::Acquire) >= target {
+        if self.completed.load(Ordering::Acquire) >= target {
             return;
         }
-        let mut c = self.completed.lock().unwrap_or_else(|p| p.into_inner());
-        while *c < target {
-            c = self.done.wait(c).unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.completed.load(Ordering::Acquire) < target {
+            guard = self.done.wait(guard).unwrap_or_else(|p| p.into_inner());
         }
     }
 }
