@@ -84,6 +84,19 @@ impl CiphertextIo for PreadIo {
 /// once what delayed allocation would often never allocate, as for a file deleted soon).
 pub const RESERVE_ABOVE: u64 = 1 << 20;
 
+thread_local! {
+    /// This thread's `pread` buffers, reused by every blocking caller.
+    static THREAD_PREAD: std::cell::RefCell<PreadIo> = std::cell::RefCell::new(PreadIo::new());
+}
+
+/// Runs `f` with this thread's [`PreadIo`] (a fresh one if the thread's is in use already).
+pub fn with_thread_pread<R>(f: impl FnOnce(&mut dyn CiphertextIo) -> R) -> R {
+    THREAD_PREAD.with(|p| match p.try_borrow_mut() {
+        Ok(mut io) => f(&mut *io),
+        Err(_) => f(&mut PreadIo::new()),
+    })
+}
+
 /// Reserves `len` bytes of disk at `offset` of `file` without changing its length
 /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`). File systems without fallocate reserve nothing.
 pub fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {

@@ -1,13 +1,12 @@
 //! An open regular file of the vault: its ciphertext descriptor, its header, and the one lock
 //! that every reader and writer of the file takes, whichever engine does the I/O.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::chunk_io::{read_full_at, ChunkFile, CiphertextIo, PreadIo};
+use crate::chunk_io::{read_full_at, with_thread_pread, ChunkFile, CiphertextIo};
 use crate::content::{ContentCryptor, FileHeader, MAX_HEADER_LEN};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
 use crate::node::{attr_from, Attr, FileType};
@@ -58,11 +57,6 @@ impl std::fmt::Debug for FileHandle {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
-}
-
-thread_local! {
-    /// Buffers of the blocking convenience methods, reused per thread.
-    static PREAD: RefCell<PreadIo> = RefCell::new(PreadIo::new());
 }
 
 impl FileHandle {
@@ -255,20 +249,20 @@ impl FileHandle {
 
     /// [`read_with`](Self::read_with) through blocking `pread`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        PREAD.with(|io| self.read_with(&mut *io.borrow_mut(), offset, buf))
+        with_thread_pread(|io| self.read_with(io, offset, buf))
     }
 
     /// [`write_with`](Self::write_with) at `offset` through blocking `pwrite`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
-        PREAD.with(|io| {
-            self.write_with(&mut *io.borrow_mut(), WriteAt::Offset(offset), data)
+        with_thread_pread(|io| {
+            self.write_with(io, WriteAt::Offset(offset), data)
                 .map(|_| ())
         })
     }
 
     /// [`set_len_with`](Self::set_len_with) to exactly `new_size` through blocking I/O.
     pub fn set_len(&self, new_size: u64) -> Result<()> {
-        PREAD.with(|io| self.set_len_with(&mut *io.borrow_mut(), SetLen::Exactly(new_size)))
+        with_thread_pread(|io| self.set_len_with(io, SetLen::Exactly(new_size)))
     }
 }
 
@@ -295,13 +289,9 @@ mod tests {
         let (_d, h) = handle();
         h.write_at(0, &[7u8; 50_000]).unwrap();
         // A grow planned for a smaller size (fallocate racing a writer) leaves the file alone.
-        PREAD
-            .with(|io| h.set_len_with(&mut *io.borrow_mut(), SetLen::GrowTo(10)))
-            .unwrap();
+        with_thread_pread(|io| h.set_len_with(io, SetLen::GrowTo(10))).unwrap();
         assert_eq!(h.size().unwrap(), 50_000);
-        PREAD
-            .with(|io| h.set_len_with(&mut *io.borrow_mut(), SetLen::GrowTo(70_000)))
-            .unwrap();
+        with_thread_pread(|io| h.set_len_with(io, SetLen::GrowTo(70_000))).unwrap();
         assert_eq!(h.size().unwrap(), 70_000);
         let mut buf = vec![1u8; 70_000];
         assert_eq!(h.read_at(0, &mut buf).unwrap(), 70_000);
@@ -318,10 +308,7 @@ mod tests {
                 let h = h.clone();
                 std::thread::spawn(move || {
                     for _ in 0..25 {
-                        PREAD
-                            .with(|io| {
-                                h.write_with(&mut *io.borrow_mut(), WriteAt::Append, &[t + 1; 1000])
-                            })
+                        with_thread_pread(|io| h.write_with(io, WriteAt::Append, &[t + 1; 1000]))
                             .unwrap();
                     }
                 })

@@ -8,11 +8,11 @@
 //!
 //! - `IoMode::Uring`: a small ring with one registered request buffer ([`RingIo`]), set up on
 //!   first use and replaced if it broke; `pread` where no ring can be had;
-//! - `IoMode::Sync`: `pread`/`pwrite` ([`PreadIo`]).
+//! - `IoMode::Sync`: `pread`/`pwrite`, with the core's per-thread `PreadIo`.
 
 use std::cell::RefCell;
 
-use oxcrypt_core::chunk_io::{CiphertextIo, PreadIo};
+use oxcrypt_core::chunk_io::{with_thread_pread, CiphertextIo};
 
 use crate::ring::RingIo;
 use crate::IoMode;
@@ -20,8 +20,6 @@ use crate::IoMode;
 thread_local! {
     /// This thread's ring: `None` until first use, `Some(None)` once setting it up failed.
     static RING: RefCell<Option<Option<RingIo>>> = const { RefCell::new(None) };
-    /// This thread's `pread` buffers.
-    static PREAD: RefCell<PreadIo> = RefCell::new(PreadIo::new());
 }
 
 /// Runs `f` with this thread's ciphertext I/O for `mode`.
@@ -56,8 +54,5 @@ pub(crate) fn with_io<R>(
             return r;
         }
     }
-    PREAD.with(|p| match p.try_borrow_mut() {
-        Ok(mut io) => f(&mut *io),
-        Err(_) => f(&mut PreadIo::new()),
-    })
+    with_thread_pread(f)
 }
