@@ -54,10 +54,10 @@ pub(crate) fn point() -> io::Result<()> {
     Ok(())
 }
 
-/// `fs::create_dir`.
+/// [`store::create_dir`](crate::store::create_dir).
 pub(crate) fn create_dir(p: &Path) -> io::Result<()> {
     point()?;
-    fs::create_dir(p)
+    crate::store::create_dir(p)
 }
 
 /// `fs::create_dir_all`.
@@ -66,28 +66,28 @@ pub(crate) fn create_dir_all(p: &Path) -> io::Result<()> {
     fs::create_dir_all(p)
 }
 
-/// `fs::write`.
+/// [`store::write_whole`](crate::store::write_whole).
 pub(crate) fn write(p: &Path, data: &[u8]) -> io::Result<()> {
     point()?;
-    fs::write(p, data)
+    crate::store::write_whole(p, data)
 }
 
-/// `fs::rename`.
+/// [`store::rename`](crate::store::rename).
 pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
     point()?;
-    fs::rename(from, to)
+    crate::store::rename(from, to, 0)
 }
 
 /// [`rename_noreplace`](crate::fsutil::rename_noreplace).
 pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     point()?;
-    crate::fsutil::rename_noreplace(from, to)
+    crate::store::rename(from, to, libc::RENAME_NOREPLACE)
 }
 
-/// `fs::remove_file`.
+/// [`store::remove`](crate::store::remove) of a file.
 pub(crate) fn remove_file(p: &Path) -> io::Result<()> {
     point()?;
-    fs::remove_file(p)
+    crate::store::remove(p, false)
 }
 
 /// `fs::remove_dir_all`.

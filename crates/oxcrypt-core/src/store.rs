@@ -2,7 +2,9 @@
 //! trusting the tree. A vault often lives in a folder that a sync client, or another user,
 //! can write to, so every node is treated as possibly hostile:
 //!
-//! - nothing follows a symlink in the last component (`O_NOFOLLOW`, `lstat`);
+//! - nothing follows a symlink in any component (`openat2` with `RESOLVE_NO_SYMLINKS`; the
+//!   vault's own path is made canonical when it is opened, so only the tree below it can hold
+//!   a symlink; on kernels before 5.6, `O_NOFOLLOW` guards the last component);
 //! - everything is checked with `fstat` on the descriptor that is then used: anything but a
 //!   regular file or a directory where one is expected is a broken node (EIO, one log line),
 //!   and a FIFO or device is never opened for reading (`O_NONBLOCK` before the check);
@@ -11,11 +13,14 @@
 //!
 //! Other ciphertext stores (object storage) would sit behind this module.
 
-use std::fs::{File, Metadata, OpenOptions};
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::ffi::CString;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use crate::error::{Error, IoContext, Result};
@@ -66,13 +71,68 @@ fn check_type(path: &Path, md: &Metadata, expect: Expect) -> Result<()> {
     Err(broken(path, format!("is {what}, not {want}")))
 }
 
-/// Maps the error of an `O_NOFOLLOW` open of a symlink (ELOOP) to a broken node.
+/// Maps the error of an open that met a symlink (ELOOP) to a broken node.
 fn open_err(path: &Path, e: std::io::Error) -> Error {
     if e.raw_os_error() == Some(libc::ELOOP) {
-        broken(path, "is a symbolic link")
+        broken(path, "is or lies under a symbolic link")
     } else {
         Error::io(path, e)
     }
+}
+
+/// Set once `openat2` answered ENOSYS (a kernel before 5.6): then plain `openat` with
+/// `O_NOFOLLOW` is used, which guards the last component only.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens `path` with `flags` (plus `O_CLOEXEC | O_NOFOLLOW`) without following a symlink in
+/// any of its components.
+fn open_no_symlinks(path: &Path, flags: libc::c_int) -> Result<File> {
+    open_mode(path, flags, 0).map_err(|e| open_err(path, e))
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// [`open_no_symlinks`] with the mode of a file it creates, and the plain OS error.
+fn open_mode(path: &Path, flags: libc::c_int, mode: u32) -> io::Result<File> {
+    let cpath = c_path(path)?;
+    let flags = flags | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        // SAFETY: open_how is plain data; zeroed is a valid value.
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = flags as u64;
+        how.mode = u64::from(mode);
+        how.resolve = libc::RESOLVE_NO_SYMLINKS;
+        // SAFETY: a NUL-terminated path, a valid open_how and its size; the kernel returns a
+        // new descriptor or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                libc::AT_FDCWD,
+                cpath.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a descriptor the kernel just gave us, owned by nobody else.
+            return Ok(unsafe { File::from_raw_fd(fd as libc::c_int) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(e);
+        }
+        NO_OPENAT2.store(true, Ordering::Relaxed);
+    }
+    // SAFETY: a NUL-terminated path, integer flags and the mode (read only with O_CREAT).
+    let fd = unsafe { libc::open(cpath.as_ptr(), flags, mode as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// Opens the regular file at `path` for reading (and writing if `write`), refusing symlinks,
@@ -88,12 +148,8 @@ pub fn open_file(path: &Path, write: bool) -> Result<File> {
 /// Opens `path` with `O_NOFOLLOW | O_NONBLOCK` and checks with `fstat` that it is a regular
 /// file; returns the descriptor (still `O_NONBLOCK`) and its metadata.
 fn open_checked(path: &Path, write: bool) -> Result<(File, Metadata)> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| open_err(path, e))?;
+    let access = if write { libc::O_RDWR } else { libc::O_RDONLY };
+    let file = open_no_symlinks(path, access | libc::O_NONBLOCK)?;
     let md = file.metadata().at(path)?;
     check_type(path, &md, Expect::File)?;
     Ok((file, md))
@@ -132,16 +188,92 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// `lstat` of a node's file, refused unless it is what `expect` says.
+/// The metadata of a node's file (no symlink followed in any component), refused unless it
+/// is what `expect` says.
 pub fn metadata(path: &Path, expect: Expect) -> Result<Metadata> {
-    let md = std::fs::symlink_metadata(path).at(path)?;
+    let md = path_metadata(path)?;
     check_type(path, &md, expect)?;
     Ok(md)
 }
 
-/// Whether `path` is a regular file (not following a symlink). Absent or anything else: false.
+/// `fstat` of an `O_PATH` handle opened without following symlinks: what `lstat` gives,
+/// except that a symlink anywhere in the path is refused.
+fn path_metadata(path: &Path) -> Result<Metadata> {
+    let fd = open_no_symlinks(path, libc::O_PATH)?;
+    fd.metadata().at(path)
+}
+
+/// Whether `path` is a regular file (no symlink followed). Absent or anything else: false.
 pub fn is_regular(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+    path_metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// Creates the file `path`, which must not exist, for reading and writing with permission
+/// `mode` (before the umask); no symlink is followed in any component.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    open_mode(path, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, mode)
+}
+
+/// Writes `data` as the whole content of `path` (created 0666 before the umask, or
+/// truncated); no symlink is followed.
+pub fn write_whole(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = open_mode(path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, 0o666)?;
+    io::Write::write_all(&mut f, data)
+}
+
+/// The directory holding `path`, opened without following symlinks, and the last component
+/// of `path`: what the `*at` calls below act on, so that a symlink planted above a node is
+/// never followed by a change.
+fn parent_and_name(path: &Path) -> io::Result<(File, CString)> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let dir = open_mode(parent, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+    Ok((dir, c_path(Path::new(name))?))
+}
+
+fn check_rc(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `mkdir` of `path` (mode 0777 before the umask) in its checked parent.
+pub fn create_dir(path: &Path) -> io::Result<()> {
+    let (dir, name) = parent_and_name(path)?;
+    // SAFETY: a directory descriptor we own and a NUL-terminated single component.
+    check_rc(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o777) })
+}
+
+/// Unlinks the file (or, with `dir`, the empty directory) `path` in its checked parent.
+pub fn remove(path: &Path, dir: bool) -> io::Result<()> {
+    let (parent, name) = parent_and_name(path)?;
+    let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: as in create_dir.
+    check_rc(unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), flags) })
+}
+
+/// `renameat2(from, to, flags)` between the checked parents of both paths (`flags`:
+/// 0, `RENAME_NOREPLACE` or `RENAME_EXCHANGE`).
+pub fn rename(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
+    let (from_dir, from_name) = parent_and_name(from)?;
+    let (to_dir, to_name) = parent_and_name(to)?;
+    // SAFETY: two directory descriptors we own and two NUL-terminated single components.
+    check_rc(unsafe {
+        libc::renameat2(
+            from_dir.as_raw_fd(),
+            from_name.as_ptr(),
+            to_dir.as_raw_fd(),
+            to_name.as_ptr(),
+            flags,
+        )
+    })
 }
 
 /// A node's file opened as a path handle (`O_PATH`, no symlink followed), checked to be what
@@ -152,11 +284,7 @@ struct Checked {
 
 impl Checked {
     fn open(path: &Path, expect: Expect) -> Result<Checked> {
-        let fd = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| open_err(path, e))?;
+        let fd = open_no_symlinks(path, libc::O_PATH)?;
         let md = fd.metadata().at(path)?;
         check_type(path, &md, expect)?;
         Ok(Checked { fd })
@@ -278,6 +406,36 @@ mod tests {
             metadata(&link, Expect::File),
             Err(Error::BrokenNode { .. })
         ));
+    }
+
+    #[test]
+    fn a_symlink_above_the_node_is_refused_too() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("file.c9r"), b"secret").unwrap();
+        let vault = d.path().join("vault");
+        std::fs::create_dir(&vault).unwrap();
+        // A hash directory that a hostile sync folder replaced by a link to elsewhere.
+        std::os::unix::fs::symlink(&outside, vault.join("AB")).unwrap();
+        let through = vault.join("AB").join("file.c9r");
+        for r in [
+            read_bounded(&through, 100).map(drop),
+            open_file(&through, true).map(drop),
+            metadata(&through, Expect::File).map(drop),
+            set_mode(&through, Expect::File, 0o666),
+        ] {
+            assert!(matches!(r, Err(Error::BrokenNode { .. })), "{r:?}");
+        }
+        assert!(!is_regular(&through));
+        assert_eq!(
+            std::fs::metadata(outside.join("file.c9r"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o644
+        );
     }
 
     #[test]

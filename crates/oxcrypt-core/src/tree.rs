@@ -1,9 +1,9 @@
 //! Changes to the tree: create, mkdir, symlink, unlink, rmdir, rename, exchange, and the
 //! node attributes (permissions, times, owner) that live on the ciphertext files.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -92,17 +92,10 @@ impl Vault {
         name: &str,
     ) -> Result<(File, crate::content::FileHeader)> {
         fault::point().at(path)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| match e.kind() {
-                ErrorKind::AlreadyExists => Error::AlreadyExists(name.to_string()),
-                _ => Error::io(path, e),
-            })?;
+        let file = store::create_new(path, mode).map_err(|e| match e.kind() {
+            ErrorKind::AlreadyExists => Error::AlreadyExists(name.to_string()),
+            _ => Error::io(path, e),
+        })?;
         let header = self.content.new_header();
         let mut buf = [0u8; crate::content::MAX_HEADER_LEN];
         let hl = self.content.combo().header_len();

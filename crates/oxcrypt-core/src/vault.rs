@@ -82,6 +82,10 @@ pub(crate) fn is_not_found(e: &std::io::Error) -> bool {
 impl Vault {
     /// Unlocks the vault at `path` with `password`.
     pub fn open(path: &Path, password: &str) -> Result<Vault> {
+        // The store refuses a symlink anywhere in a path, so the vault's own location must
+        // be free of them: resolve them here, once.
+        let canonical = fs::canonicalize(path);
+        let path = canonical.as_deref().unwrap_or(path);
         let config_path = path.join(CONFIG_FILE);
         let token = match store::read_bounded(&config_path, CONFIG_LIMIT) {
             Ok(t) => t,
@@ -146,6 +150,8 @@ impl Vault {
             Err(e) if is_not_found(&e) => fs::create_dir_all(path).at(path)?,
             Err(e) => return Err(Error::io(path, e)),
         }
+        let canonical = fs::canonicalize(path).at(path)?;
+        let path = canonical.as_path();
         let keys = MasterKeys::generate();
         let mk = MasterkeyFile::lock(&keys, password, options.scrypt_cost)
             .map_err(|why| Error::Invalid(format!("cannot create masterkey: {why}")))?;
@@ -288,14 +294,11 @@ impl Vault {
         let dir_file = entry.join(DIR_FILE);
         match store::read_bounded(&dir_file, 1000) {
             Ok(id) => {
-                let id = String::from_utf8(id)
-                    .ok()
-                    .filter(|id| !id.is_empty() && id.is_ascii())
-                    .ok_or_else(|| Error::BrokenNode {
-                        path: dir_file.clone(),
-                        why: "dir.c9r does not hold a directory id".into(),
-                    })?;
-                return Ok(node(NodeKind::Directory(Arc::from(id))));
+                let id = parse_dir_file(&id).ok_or_else(|| Error::BrokenNode {
+                    path: dir_file.clone(),
+                    why: "dir.c9r does not hold a directory id".into(),
+                })?;
+                return Ok(node(NodeKind::Directory(id)));
             }
             Err(Error::Io { source, .. }) if is_not_found(&source) => {}
             Err(e) => return Err(e),
@@ -456,10 +459,10 @@ impl Vault {
             }
             Err(e) => return Err(e),
         };
-        let long = String::from_utf8(long).map_err(|_| Error::BadName {
+        let long = parse_name_file(&long).ok_or_else(|| Error::BadName {
             path: name_file.clone(),
         })?;
-        match self.names.decrypt_name(dir, long.trim()) {
+        match self.names.decrypt_name(dir, long) {
             Some(name) => self.classify(name, path, true, true),
             None => Err(Error::BadName { path: name_file }),
         }
@@ -672,6 +675,21 @@ impl Vault {
             _ => node.payload_path(),
         }
     }
+}
+
+/// Parses the content of a `dir.c9r`: a directory id, non-empty ASCII (ids are UUIDs, but
+/// any ASCII is accepted as Cryptomator does). `None`: not a directory id.
+pub fn parse_dir_file(data: &[u8]) -> Option<DirId> {
+    std::str::from_utf8(data)
+        .ok()
+        .filter(|id| !id.is_empty() && id.is_ascii())
+        .map(Arc::from)
+}
+
+/// Parses the content of a `name.c9s`: the full encrypted name, UTF-8, surrounding white
+/// space ignored. `None`: not text.
+pub fn parse_name_file(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok().map(str::trim)
 }
 
 /// The directories a depth-first walk is inside. A `dir.c9r` pointing at an ancestor (a
