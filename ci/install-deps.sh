@@ -17,3 +17,8 @@ getent group nogroup >/dev/null || groupadd -r nogroup
 getent passwd daemon >/dev/null || useradd -r daemon
 getent group daemon >/dev/null || groupadd -r daemon
 command -v pjdfstest >/dev/null || cargo install pjdfstest --version 0.2.2 --locked
+# The fuzz targets (ci/fuzz.sh) build with cargo-fuzz on the nightly toolchain, when the
+# machine has one (none can be downloaded here).
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --version 0.13.2 --locked
+fi

@@ -8,6 +8,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== fuzz targets over their corpus"
+bash ci/fuzz.sh
 echo "== pjdfstest on a mount"
 bash ci/pjdfstest.sh
 echo "ci: every check passed"

@@ -18,6 +18,7 @@ pub mod error;
 mod fault;
 pub mod file;
 pub mod fsutil;
+pub mod fuzzing;
 pub mod keys;
 pub mod masterkey_file;
 pub mod names;
