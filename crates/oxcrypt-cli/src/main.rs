@@ -77,6 +77,16 @@ pub struct Global {
 
 /// The content I/O engine of a mount.
 #[derive(Clone, Copy, ValueEnum)]
+pub enum TransportArg {
+    /// io_uring when the kernel offers it, else /dev/fuse.
+    Auto,
+    /// FUSE-over-io_uring, or fail.
+    Uring,
+    /// read/write on /dev/fuse (through fuser).
+    DevFuse,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 pub enum IoArg {
     /// io_uring with registered buffers.
     Uring,
@@ -282,6 +292,19 @@ enum Command {
         /// Let the kernel cache writes (FUSE writeback cache; see kernel-notes/).
         #[arg(long, hide = true)]
         writeback_cache: bool,
+        /// How FUSE requests travel: `uring` (FUSE-over-io_uring, Linux 6.14+, root, and
+        /// /sys/module/fuse/parameters/enable_uring set to Y), `dev-fuse` (read/write on
+        /// /dev/fuse), or `auto`: uring when it can be had, else dev-fuse with one log line
+        /// saying why. `uring` fails with that reason instead.
+        #[arg(long, value_enum, default_value = "auto", env = "OXCRYPT_TRANSPORT")]
+        transport: TransportArg,
+        /// Ring entries per CPU queue of the io_uring transport (1 MiB of buffer each).
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        ring_depth: usize,
+        /// At exit, print how many requests each io_uring queue served and which requests
+        /// came over /dev/fuse, by opcode.
+        #[arg(long)]
+        stats: bool,
         /// Benchmark ablations to turn on, comma-separated: unregistered-buffers,
         /// io-on-workers, metadata-on-thread, heap-arena (see `oxbench ablation`).
         #[arg(long, hide = true, value_name = "LIST", default_value = "")]
@@ -412,6 +435,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             cache_ms,
             read_ahead_kb,
             writeback_cache,
+            transport,
+            ring_depth,
+            stats,
             ablate,
         } => mount::mount(
             g,
@@ -430,6 +456,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 ttl_ms: cache_ms,
                 read_ahead_kb,
                 writeback_cache,
+                transport: match transport {
+                    TransportArg::Auto => oxcrypt_fuse::TransportChoice::Auto,
+                    TransportArg::Uring => oxcrypt_fuse::TransportChoice::Uring,
+                    TransportArg::DevFuse => oxcrypt_fuse::TransportChoice::DevFuse,
+                },
+                ring_depth,
+                stats,
                 tuning: ablate,
             },
         ),

@@ -26,6 +26,9 @@ pub struct MountArgs<'a> {
     pub ttl_ms: u64,
     pub read_ahead_kb: u32,
     pub writeback_cache: bool,
+    pub transport: oxcrypt_fuse::TransportChoice,
+    pub ring_depth: usize,
+    pub stats: bool,
     pub tuning: oxcrypt_io::Tuning,
 }
 
@@ -80,8 +83,13 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
         ttl: Duration::from_millis(args.ttl_ms),
         read_ahead_kb: args.read_ahead_kb,
         writeback_cache: args.writeback_cache,
+        transport: args.transport,
+        ring_depth: args.ring_depth,
         ..MountOptions::default()
     };
+    if args.ring_depth == 0 {
+        bail!("--ring-depth must be at least 1");
+    }
     if let Some(t) = args.threads {
         if t == 0 {
             bail!("--threads must be at least 1");
@@ -92,7 +100,7 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
     if args.daemon {
         return daemonize(vault, args.mountpoint, &options);
     }
-    serve(vault, args.mountpoint, &options, None)
+    serve(vault, args.mountpoint, &options, None, args.stats)
 }
 
 /// Mounts and serves until unmounted; reports readiness on `ready` (daemon mode).
@@ -101,6 +109,7 @@ fn serve(
     mountpoint: &Path,
     options: &MountOptions,
     ready: Option<OwnedFd>,
+    stats: bool,
 ) -> Result<u8> {
     let mut mounted = match oxcrypt_fuse::mount(vault, mountpoint, options) {
         Ok(m) => m,
@@ -125,7 +134,14 @@ fn serve(
         let mut f = std::fs::File::from(fd);
         let _ = f.write_all(b"OK");
     }
+    let counters = mounted.stats.clone();
     mounted.serve().context("serving the mount")?;
+    if stats {
+        match counters {
+            Some(c) => eprintln!("{}", c.report()),
+            None => eprintln!("transport: /dev/fuse (fuser); no per-queue counters"),
+        }
+    }
     Ok(EXIT_OK)
 }
 
@@ -176,7 +192,7 @@ fn daemonize(vault: Vault, mountpoint: &Path, options: &MountOptions) -> Result<
                     libc::dup2(null, 2);
                 }
             }
-            let code = serve(vault, mountpoint, options, Some(write_end)).unwrap_or(1);
+            let code = serve(vault, mountpoint, options, Some(write_end), false).unwrap_or(1);
             std::process::exit(code.into());
         }
         _child => {

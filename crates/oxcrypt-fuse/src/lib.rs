@@ -3,8 +3,9 @@
 //! Mounts an unlocked [`Vault`] through the kernel's FUSE.
 //!
 //! - [`ops`]: the FUSE operations, transport-neutral, over the mount's state ([`ops::Fs`]);
-//! - `fuser_adapter.rs`: fuser's `/dev/fuse` loop calling them (decode, call, reply), behind
-//!   the [`Transport`] trait so a FUSE-over-io_uring transport can sit beside it;
+//! - `fuser_adapter.rs`: fuser's `/dev/fuse` loop calling them (decode, call, reply), and
+//!   [`uring`]: FUSE-over-io_uring with its own wire layer ([`wire`]), both behind the
+//!   [`Transport`] trait;
 //! - [`inodes`], [`cache`], [`open_files`], [`page_cache`]: the state the operations keep;
 //! - [`mountpoint`], [`mountinfo`]: checks before mounting and the one mountinfo parser;
 //! - this file wires a vault, the chunk I/O engine and a transport into a mount.
@@ -18,6 +19,8 @@ pub mod mountpoint;
 pub mod open_files;
 pub mod ops;
 pub mod page_cache;
+pub mod uring;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +52,22 @@ pub struct MountOptions {
     pub readdirplus: bool,
     /// Let the kernel cache writes (FUSE writeback cache); measured in kernel-notes/.
     pub writeback_cache: bool,
+    /// Which transport carries the requests.
+    pub transport: TransportChoice,
+    /// Ring entries per queue of the io_uring transport.
+    pub ring_depth: usize,
+}
+
+/// Which transport carries FUSE requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportChoice {
+    /// io_uring when the kernel offers it, else `/dev/fuse` (one log line says why).
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    Uring,
+    /// fuser's `/dev/fuse` loop.
+    DevFuse,
 }
 
 impl Default for MountOptions {
@@ -64,6 +83,8 @@ impl Default for MountOptions {
             read_ahead_kb: 1024,
             readdirplus: true,
             writeback_cache: false,
+            transport: TransportChoice::Auto,
+            ring_depth: 8,
         }
     }
 }
@@ -85,6 +106,9 @@ pub enum MountError {
     /// The kernel refused the mount.
     #[error("mount failed: {0}")]
     Mount(std::io::Error),
+    /// `--transport uring` was asked for and cannot be had.
+    #[error("--transport uring: {0}")]
+    Transport(String),
 }
 
 /// A way of carrying FUSE requests between the kernel and [`OxFs`].
@@ -104,13 +128,32 @@ impl Transport for DevFuse {
     }
 }
 
+/// The io_uring transport (or its own `/dev/fuse` loop when the kernel did not take the ring).
+struct Uring {
+    session: uring::UringSession,
+}
+
+impl Transport for Uring {
+    fn serve(self: Box<Self>) -> std::io::Result<()> {
+        self.session.serve()
+    }
+}
+
 /// Unmounts a mounted session from another thread (signal handler, tests).
-pub struct Unmounter(fuser::SessionUnmounter);
+pub enum Unmounter {
+    /// fuser's session.
+    Fuser(fuser::SessionUnmounter),
+    /// A mount made with mount(2) by the io_uring transport.
+    Path(PathBuf),
+}
 
 impl Unmounter {
     /// Unmounts; the serving thread then returns.
     pub fn unmount(&mut self) -> std::io::Result<()> {
-        self.0.unmount()
+        match self {
+            Unmounter::Fuser(u) => u.unmount(),
+            Unmounter::Path(p) => uring::unmount(p),
+        }
     }
 }
 
@@ -121,6 +164,8 @@ pub struct Mounted {
     /// The engine actually in use.
     pub io_mode: IoMode,
     engine: Arc<Engine>,
+    /// The io_uring transport's counters (`None` on fuser's loop).
+    pub stats: Option<Arc<uring::Stats>>,
 }
 
 impl Mounted {
@@ -163,6 +208,61 @@ pub fn mount(
             tuning: options.engine.tuning,
         },
     ));
+    let ring_refused = match options.transport {
+        TransportChoice::DevFuse => Some("--transport dev-fuse".to_string()),
+        TransportChoice::Auto | TransportChoice::Uring => uring::unavailable_reason(),
+    };
+    match (&ring_refused, options.transport) {
+        (Some(why), TransportChoice::Uring) => return Err(MountError::Transport(why.clone())),
+        (Some(why), TransportChoice::Auto) => {
+            tracing::info!("serving over /dev/fuse: {why}")
+        }
+        _ => {}
+    }
+    if ring_refused.is_none() {
+        let mut want = 0;
+        if options.readdirplus {
+            want |= wire::init::DO_READDIRPLUS | wire::init::READDIRPLUS_AUTO;
+        }
+        if options.writeback_cache {
+            want |= wire::init::WRITEBACK_CACHE;
+        }
+        let session = uring::mount(
+            fs,
+            mountpoint,
+            &uring::UringOptions {
+                depth: options.ring_depth,
+                fallback_threads: options.threads.max(1),
+                read_only: options.read_only,
+                allow_other: options.allow_other,
+                want,
+                required: options.transport == TransportChoice::Uring,
+            },
+        )
+        .map_err(|e| match options.transport {
+            TransportChoice::Uring if e.kind() == std::io::ErrorKind::Other => {
+                MountError::Transport(e.to_string())
+            }
+            _ => MountError::Mount(e),
+        })?;
+        let stats = session.stats();
+        mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb);
+        let ring = stats.ring.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            mountpoint = %mountpoint.display(),
+            io = %io_mode,
+            transport = if ring { "io_uring" } else { "/dev/fuse" },
+            queues = stats.per_queue().len(),
+            "mounted"
+        );
+        return Ok(Mounted {
+            transport: Box::new(Uring { session }),
+            unmounter: Some(Unmounter::Path(mountpoint.to_path_buf())),
+            io_mode,
+            engine,
+            stats: Some(stats),
+        });
+    }
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("oxcrypt".into()),
@@ -181,13 +281,14 @@ pub fn mount(
     config.clone_fd = options.threads > 1;
     let mut session = fuser::Session::new(fuser_adapter::FuserFs::new(fs), mountpoint, &config)
         .map_err(MountError::Mount)?;
-    let unmounter = Unmounter(session.unmount_callable());
+    let unmounter = Unmounter::Fuser(session.unmount_callable());
     mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb);
-    tracing::info!(mountpoint = %mountpoint.display(), io = %io_mode, "mounted");
+    tracing::info!(mountpoint = %mountpoint.display(), io = %io_mode, transport = "/dev/fuse (fuser)", "mounted");
     Ok(Mounted {
         transport: Box::new(DevFuse { session }),
         unmounter: Some(unmounter),
         io_mode,
         engine,
+        stats: None,
     })
 }
