@@ -17,7 +17,7 @@ cleanup() {
 }
 trap cleanup EXIT
 "$bin" init "$work/vault" --scrypt-cost 1024 >/dev/null 2>&1
-"$bin" mount "$work/vault" "$mnt" --allow-other &
+"$bin" mount "$work/vault" "$mnt" --allow-other --stats &
 pid=$!
 for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
 mountpoint -q "$mnt"

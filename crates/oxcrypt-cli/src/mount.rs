@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -121,14 +122,20 @@ fn serve(
             return Err(anyhow!(e));
         }
     };
+    let transport = match (&mounted.stats, &mounted.fallback_reason) {
+        (Some(s), _) if s.ring.load(std::sync::atomic::Ordering::Relaxed) => "io_uring".into(),
+        (Some(_), _) => "/dev/fuse (the kernel did not take the ring)".into(),
+        (None, Some(why)) => format!("/dev/fuse, not io_uring: {why}"),
+        (None, None) => "/dev/fuse".to_string(),
+    };
     eprintln!(
-        "oxcrypt: mounted at {} (io: {}); stop with Ctrl-C or `oxcrypt umount {}`",
+        "oxcrypt: mounted at {} (transport: {transport}, io: {}); stop with Ctrl-C or `oxcrypt umount {}`",
         mountpoint.display(),
         mounted.io_mode,
         mountpoint.display()
     );
     if let Some(u) = mounted.take_unmounter() {
-        watch_signals(u)?;
+        watch_signals(u, mounted.stats.clone())?;
     }
     if let Some(fd) = ready {
         let mut f = std::fs::File::from(fd);
@@ -147,20 +154,33 @@ fn serve(
 
 /// On SIGINT/SIGTERM: unmount (the serve loop then returns, finishing queued I/O and syncing
 /// open files).
-fn watch_signals(mut unmounter: Unmounter) -> Result<()> {
+fn watch_signals(
+    mut unmounter: Unmounter,
+    stats: Option<Arc<oxcrypt_fuse::uring::Stats>>,
+) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGUSR1,
     ])
     .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("oxcrypt-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGUSR1 {
+                    // The transport's counters, on demand.
+                    match &stats {
+                        Some(s) => eprintln!("{}", s.report()),
+                        None => eprintln!("transport: /dev/fuse (fuser); no per-queue counters"),
+                    }
+                    continue;
+                }
                 tracing::info!(sig, "signal received: unmounting");
                 if let Err(e) = unmounter.unmount() {
                     tracing::error!(error = %e, "unmount failed");
                 }
+                break;
             }
         })
         .context("starting the signal thread")?;

@@ -43,12 +43,18 @@ impl Mount {
     }
 
     fn at(vault: &Path, mnt: &Path, pw: &str, extra: &[&str]) -> Mount {
+        Mount::at_env(vault, mnt, pw, extra, &[])
+    }
+
+    /// [`Mount::at`] with extra environment variables for the daemon.
+    fn at_env(vault: &Path, mnt: &Path, pw: &str, extra: &[&str], env: &[(&str, &str)]) -> Mount {
         let _ = fs::create_dir_all(mnt); // fails on a stale mount, which the daemon cleans
         let child = Command::new(bin())
             .arg("mount")
             .arg(vault)
             .arg(mnt)
             .args(extra)
+            .envs(env.iter().copied())
             .env("OXCRYPT_PASSWORD", pw)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -1272,4 +1278,170 @@ fn kill_9_during_writes_and_renames_loses_nothing_that_was_synced() {
     for line in out.lines().filter(|l| l.starts_with("error")) {
         assert!(line.contains("-tmp"), "check: {line}");
     }
+}
+
+/// Whether this run goes through the io_uring transport (`ci/with-enable-uring.sh` sets
+/// `OXCRYPT_TRANSPORT=uring` and `enable_uring=Y`, and puts the parameter back afterwards).
+fn ring_run() -> bool {
+    std::env::var("OXCRYPT_TRANSPORT").as_deref() == Ok("uring")
+}
+
+impl Mount {
+    /// Unmounts and returns what the daemon wrote to stderr (`--stats` prints there at exit).
+    fn unmount_stderr(mut self) -> String {
+        let mut err = self.child.as_mut().unwrap().stderr.take().unwrap();
+        let status = Mount {
+            child: self.child.take(),
+            mnt: self.mnt.clone(),
+            vault: self.vault.clone(),
+            _tmp: None,
+        }
+        .unmount();
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        assert!(status.success(), "daemon exit {status:?}: {s}");
+        s
+    }
+}
+
+/// The `--stats` report: requests per queue, and `/dev/fuse` requests by opcode.
+fn parse_stats(report: &str) -> (String, Vec<u64>, Vec<(String, u64)>) {
+    let transport = report
+        .lines()
+        .find_map(|l| l.strip_prefix("transport: "))
+        .unwrap_or_else(|| panic!("no stats in: {report}"))
+        .to_string();
+    let queues = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("queue "))
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let dev = report
+        .lines()
+        .find_map(|l| l.strip_prefix("/dev/fuse after INIT: "))
+        .map(|l| {
+            l.split(' ')
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (transport, queues, dev)
+}
+
+/// A metadata and data workload, every process pinned to `cpu`.
+fn pinned_workload(mnt: &Path, cpu: usize, tag: &str) {
+    let script = format!(
+        "set -e; cd {m}; mkdir d-{tag}; for i in $(seq 40); do echo $i > d-{tag}/f$i; cat d-{tag}/f$i >/dev/null; \
+         stat d-{tag}/missing$i >/dev/null 2>&1 || true; done; mv d-{tag}/f1 d-{tag}/g1; rm d-{tag}/f2; ls -l d-{tag} >/dev/null; \
+         dd if=/dev/zero of=d-{tag}/big bs=256k count=8 status=none; sync d-{tag}/big; cat d-{tag}/big >/dev/null",
+        m = mnt.display()
+    );
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string(), "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn the_ring_serves_each_cpus_requests_and_dev_fuse_only_forgets() {
+    if !ring_run() {
+        eprintln!("skipped: needs the io_uring transport (run under ci/with-enable-uring.sh)");
+        return;
+    }
+    let cpus = oxcrypt_fuse::uring::possible_cpus();
+    let online = std::thread::available_parallelism().unwrap().get();
+    for cpu in 0..cpus.min(online) {
+        let m = Mount::fresh(&["--stats"]);
+        pinned_workload(&m.mnt, cpu, "w");
+        let report = m.unmount_stderr();
+        let (transport, queues, dev) = parse_stats(&report);
+        assert_eq!(transport, "io_uring", "{report}");
+        assert_eq!(queues.len(), cpus, "one queue per possible CPU: {report}");
+        let total: u64 = queues.iter().sum();
+        assert!(
+            queues[cpu] >= 200 && queues[cpu] * 10 >= total * 9,
+            "a client pinned to CPU {cpu} must be served by queue {cpu}: {report}"
+        );
+        for (op, _) in &dev {
+            assert!(
+                ["FORGET", "BATCH_FORGET", "INTERRUPT"].contains(&op.as_str()),
+                "/dev/fuse served {op} while the ring was up: {report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn without_the_ring_the_mount_falls_back_with_one_clear_line() {
+    if ring_run() {
+        // The kernel offers the ring but refuses every REGISTER (a debug-build knob registers
+        // too small a payload buffer): it goes back to /dev/fuse by itself, and so do we.
+        let tmp = tempfile::tempdir().unwrap();
+        let vault = tmp.path().join("vault");
+        init_vault(&vault);
+        let m = Mount::at_env(
+            &vault,
+            &tmp.path().join("mnt"),
+            PW,
+            &["--stats"],
+            &[("OXCRYPT_TEST_REFUSE_REGISTER", "1")],
+        );
+        let m = within(20, "serving after a refused REGISTER", move || {
+            fs::write(m.mnt.join("f"), b"over /dev/fuse").unwrap();
+            assert_eq!(fs::read(m.mnt.join("f")).unwrap(), b"over /dev/fuse");
+            m
+        });
+        let report = m.unmount_stderr();
+        let (transport, queues, dev) = parse_stats(&report);
+        assert_eq!(transport, "/dev/fuse (own loop)", "{report}");
+        assert_eq!(queues.iter().sum::<u64>(), 0, "{report}");
+        assert!(dev.iter().any(|(op, _)| op == "LOOKUP"), "{report}");
+        assert!(report.contains("REGISTER was refused"), "{report}");
+        return;
+    }
+    let param = fs::read_to_string("/sys/module/fuse/parameters/enable_uring").unwrap_or_default();
+    if param.trim() == "Y" {
+        eprintln!("skipped: enable_uring is Y outside ci/with-enable-uring.sh");
+        return;
+    }
+    // `uring` asked for: a clear refusal that says how to turn it on.
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let out = Command::new(bin())
+        .args([
+            "mount",
+            vault.to_str().unwrap(),
+            mnt.to_str().unwrap(),
+            "--transport",
+            "uring",
+        ])
+        .env("OXCRYPT_PASSWORD", PW)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("enable_uring"), "{err}");
+    assert!(!is_mounted(&mnt));
+    // `auto`: mounted over /dev/fuse, with one line saying why.
+    let m = Mount::at(&vault, &mnt, PW, &["--transport", "auto", "--stats"]);
+    fs::write(m.mnt.join("f"), b"x").unwrap();
+    let report = m.unmount_stderr();
+    assert_eq!(report.matches("not io_uring").count(), 1, "{report}");
+    assert_eq!(
+        report
+            .matches("echo Y > /sys/module/fuse/parameters/enable_uring")
+            .count(),
+        1,
+        "{report}"
+    );
+    assert!(report.contains("transport: /dev/fuse (fuser)"), "{report}");
 }

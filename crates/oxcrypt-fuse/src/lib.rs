@@ -166,6 +166,8 @@ pub struct Mounted {
     engine: Arc<Engine>,
     /// The io_uring transport's counters (`None` on fuser's loop).
     pub stats: Option<Arc<uring::Stats>>,
+    /// Why the io_uring transport is not in use, when it was not asked away.
+    pub fallback_reason: Option<String>,
 }
 
 impl Mounted {
@@ -215,7 +217,7 @@ pub fn mount(
     match (&ring_refused, options.transport) {
         (Some(why), TransportChoice::Uring) => return Err(MountError::Transport(why.clone())),
         (Some(why), TransportChoice::Auto) => {
-            tracing::info!("serving over /dev/fuse: {why}")
+            tracing::debug!("serving over /dev/fuse: {why}")
         }
         _ => {}
     }
@@ -261,6 +263,7 @@ pub fn mount(
             io_mode,
             engine,
             stats: Some(stats),
+            fallback_reason: None,
         });
     }
     let mut config = fuser::Config::default();
@@ -290,5 +293,6 @@ pub fn mount(
         io_mode,
         engine,
         stats: None,
+        fallback_reason: ring_refused.filter(|_| options.transport == TransportChoice::Auto),
     })
 }

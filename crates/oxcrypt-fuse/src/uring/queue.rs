@@ -37,6 +37,13 @@ const EVENT_TAG: u64 = u64::MAX;
 /// Replies of requests that carry a payload are at most an entry and an open reply.
 const SCRATCH_LEN: usize = 4096;
 
+/// In debug builds, `OXCRYPT_TEST_REFUSE_REGISTER=1` registers payload buffers smaller than
+/// the kernel's minimum, so that it refuses every REGISTER and falls back to `/dev/fuse`: how
+/// the tests reach that path.
+fn refuse_register_for_tests() -> bool {
+    cfg!(debug_assertions) && std::env::var_os("OXCRYPT_TEST_REFUSE_REGISTER").is_some()
+}
+
 /// What other threads share with a queue: finished deferred requests and the eventfd that
 /// wakes the queue for them.
 pub struct QueueShared {
@@ -157,7 +164,11 @@ impl Queue {
                 },
                 libc::iovec {
                     iov_base: payload.as_mut_ptr().cast(),
-                    iov_len: payload_len,
+                    iov_len: if refuse_register_for_tests() {
+                        4096
+                    } else {
+                        payload_len
+                    },
                 },
             ]));
             entries.push(RingEntry {
@@ -270,16 +281,16 @@ impl Queue {
                         self.push(&sqe);
                     }
                     r => {
-                        if r != -libc::ENOTCONN && r != -libc::ECONNABORTED {
+                        if r == -libc::EINVAL || r == -libc::EOPNOTSUPP {
+                            // A refused REGISTER: the caller says so once.
+                            refused.get_or_insert(-r);
+                        } else if r != -libc::ENOTCONN && r != -libc::ECONNABORTED {
                             tracing::warn!(
                                 qid = self.qid,
                                 entry = i,
                                 error = -r,
                                 "ring entry ended"
                             );
-                            if r == -libc::EINVAL || r == -libc::EOPNOTSUPP {
-                                refused.get_or_insert(-r);
-                            }
                         }
                         self.entries[i].ended = true;
                     }
