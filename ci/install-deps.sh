@@ -17,6 +17,8 @@ getent group nogroup >/dev/null || groupadd -r nogroup
 getent passwd daemon >/dev/null || useradd -r daemon
 getent group daemon >/dev/null || groupadd -r daemon
 command -v pjdfstest >/dev/null || cargo install pjdfstest --version 0.2.2 --locked
+command -v fsx >/dev/null || cargo install fsx --version 0.3.2 --locked
+command -v taskset >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux; }
 # The fuzz targets (ci/fuzz.sh) build with cargo-fuzz on the nightly toolchain, when the
 # machine has one (none can be downloaded here).
 if rustup run nightly rustc --version >/dev/null 2>&1; then

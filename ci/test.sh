@@ -12,7 +12,10 @@ echo "== fuzz targets over their corpus"
 bash ci/fuzz.sh
 echo "== pjdfstest on a mount"
 bash ci/pjdfstest.sh
-echo "== the mount tests and pjdfstest again, over FUSE-over-io_uring (enable_uring=Y, restored after)"
+echo "== fsx on a mount"
+bash ci/fsx.sh
+echo "== the mount tests, pjdfstest and fsx again, over FUSE-over-io_uring (enable_uring=Y, restored after)"
 bash ci/with-enable-uring.sh cargo test --locked -p oxcrypt-cli --test mount
 bash ci/with-enable-uring.sh bash ci/pjdfstest.sh
+bash ci/with-enable-uring.sh bash ci/fsx.sh
 echo "ci: every check passed"
