@@ -76,7 +76,9 @@ enum Cmd {
     Run {
         #[command(flatten)]
         common: Common,
-        /// Targets, comma-separated; the first is the ratio baseline.
+        /// Targets, comma-separated; the first is the ratio baseline. Besides the defaults:
+        /// `oxcrypt-uring` and `oxcrypt-devfuse` force one transport (the ring needs
+        /// enable_uring=Y; run under ci/with-enable-uring.sh).
         #[arg(
             long,
             value_delimiter = ',',

@@ -76,6 +76,15 @@ impl Target {
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec![],
             },
+            // The same binary with each transport forced (the ring needs enable_uring=Y).
+            "oxcrypt-uring" => Kind::Oxcrypt {
+                bin: oxcrypt_bin.to_path_buf(),
+                args: vec!["--transport".into(), "uring".into()],
+            },
+            "oxcrypt-devfuse" => Kind::Oxcrypt {
+                bin: oxcrypt_bin.to_path_buf(),
+                args: vec!["--transport".into(), "dev-fuse".into()],
+            },
             "gocryptfs" => {
                 need("gocryptfs")?;
                 Kind::Gocryptfs
