@@ -1445,3 +1445,78 @@ fn without_the_ring_the_mount_falls_back_with_one_clear_line() {
     );
     assert!(report.contains("transport: /dev/fuse (fuser)"), "{report}");
 }
+
+/// Registered io_uring buffers count against RLIMIT_MEMLOCK for a daemon without
+/// CAP_IPC_LOCK (any non-root user). Run as root with that capability dropped and the
+/// default 8 MiB limit, 16 workers cannot all register: the rings must stay, with
+/// unregistered buffers, and one line must say so; the old engine fell back to pread.
+#[test]
+fn io_uring_stays_in_use_under_the_default_memlock_limit() {
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is missing");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let limit = 8 << 20;
+    let mut child = Command::new("setpriv")
+        .args(["--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--"])
+        .arg("prlimit")
+        .arg(format!("--memlock={limit}:{limit}"))
+        .arg(bin())
+        .args(["mount", vault.to_str().unwrap(), mnt.to_str().unwrap()])
+        .args(["--threads", "16", "--transport", "dev-fuse"])
+        .env("OXCRYPT_PASSWORD", PW)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !is_mounted(&mnt) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "mount did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = Mount {
+        child: None,
+        mnt: mnt.clone(),
+        vault: vault.clone(),
+        _tmp: None,
+    };
+    // The daemon is prlimit's child (prlimit execs it: same pid).
+    let pid = child.id();
+    fs::write(mnt.join("f"), vec![3u8; 200_000]).unwrap();
+    assert_eq!(fs::read(mnt.join("f")).unwrap(), vec![3u8; 200_000]);
+    let rings = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter(|fd| {
+            fs::read_link(fd.as_ref().unwrap().path())
+                .unwrap_or_default()
+                .to_string_lossy()
+                .contains("io_uring")
+        })
+        .count();
+    let _ = Command::new(bin()).arg("umount").arg(&mnt).status();
+    let status = child.wait().unwrap();
+    drop(m);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("io: uring"), "the engine left io_uring: {err}");
+    assert!(
+        rings >= 16,
+        "only {rings} io_uring rings in the daemon: {err}"
+    );
+    assert_eq!(err.matches("cannot be registered").count(), 1, "{err}");
+}

@@ -16,6 +16,34 @@ use io_uring::{opcode, types, IoUring};
 use oxcrypt_core::chunk_io::{CiphertextIo, REQUEST_BUF};
 use oxcrypt_core::content::CHUNK_SIZE;
 
+/// Logs, once per process, that buffer registration was refused and what that costs.
+fn refused_registration(e: &io::Error) {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct we pass.
+    let limit = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0 {
+        if lim.rlim_cur == libc::RLIM_INFINITY {
+            "unlimited".to_string()
+        } else {
+            format!("{} KiB", lim.rlim_cur / 1024)
+        }
+    } else {
+        "unknown".to_string()
+    };
+    tracing::warn!(
+        "io_uring buffers cannot be registered ({e}; RLIMIT_MEMLOCK is {limit}, each ring \
+         needs {} KiB): rings without registered buffers are used instead (slightly slower); \
+         raise the limit with `ulimit -l` or LimitMEMLOCK= in a systemd unit",
+        REQUEST_BUF / 1024
+    );
+}
+
 /// A ring and its buffers, owned by one thread.
 pub(crate) struct RingIo {
     ring: ManuallyDrop<IoUring>,
@@ -31,9 +59,15 @@ pub(crate) struct RingIo {
 impl RingIo {
     /// A ring of `entries` entries with a registered request buffer (a heap one when
     /// `register` is false).
+    ///
+    /// Registered buffers count against `RLIMIT_MEMLOCK` (8 MiB by default for a user without
+    /// `CAP_IPC_LOCK`): when the kernel refuses to register (ENOMEM, EPERM), the ring keeps an
+    /// unregistered buffer, which is still io_uring and beats falling back to pread; one log
+    /// line per process says so and how to lift the limit.
     pub(crate) fn new(entries: u32, register: bool) -> io::Result<RingIo> {
         let ring = IoUring::new(entries)?;
         let mut buf = vec![0u8; REQUEST_BUF];
+        let mut registered = false;
         if register {
             let iov = libc::iovec {
                 iov_base: buf.as_mut_ptr().cast(),
@@ -41,13 +75,19 @@ impl RingIo {
             };
             // SAFETY: `buf` is never resized and outlives its registration: it is freed only
             // after the ring is closed (see `Drop`), and leaked if a request may be in flight.
-            unsafe { ring.submitter().register_buffers(&[iov])? };
+            match unsafe { ring.submitter().register_buffers(&[iov]) } {
+                Ok(()) => registered = true,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EPERM)) => {
+                    refused_registration(&e)
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(RingIo {
             ring: ManuallyDrop::new(ring),
             buf: ManuallyDrop::new(buf),
             scratch: vec![0u8; CHUNK_SIZE],
-            registered: register,
+            registered,
             broken: false,
         })
     }

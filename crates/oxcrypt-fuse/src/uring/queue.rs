@@ -44,6 +44,19 @@ fn refuse_register_for_tests() -> bool {
     cfg!(debug_assertions) && std::env::var_os("OXCRYPT_TEST_REFUSE_REGISTER").is_some()
 }
 
+/// Pins the calling thread to `cpu`, the CPU whose requests its queue serves (libfuse does
+/// the same); a failure (a cpuset without that CPU) only costs speed.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET and sched_setaffinity get a valid set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::debug!(cpu, "could not pin the ring thread");
+        }
+    }
+}
+
 /// What other threads share with a queue: finished deferred requests and the eventfd that
 /// wakes the queue for them.
 pub struct QueueShared {
@@ -122,6 +135,8 @@ pub struct Queue {
     shared: Arc<QueueShared>,
     scratch: Vec<u8>,
     event_buf: Box<u64>,
+    /// Pin the thread to its CPU (`OXCRYPT_RING_NOPIN` turns it off, for measurements).
+    pin: bool,
 }
 
 /// How a queue ended.
@@ -190,6 +205,7 @@ impl Queue {
             }),
             scratch: vec![0u8; SCRATCH_LEN],
             event_buf: Box::new(0),
+            pin: std::env::var_os("OXCRYPT_RING_NOPIN").is_none(),
         })
     }
 
@@ -247,6 +263,9 @@ impl Queue {
 
     /// Registers every entry and serves until the connection ends.
     pub fn run(mut self, dispatcher: &Dispatcher) -> QueueEnd {
+        if self.pin {
+            pin_to_cpu(self.qid as usize);
+        }
         for i in 0..self.entries.len() {
             let sqe = self.register_sqe(i);
             self.push(&sqe);
