@@ -86,6 +86,9 @@ const FOPEN_KEEP_CACHE: u32 = 1 << 1;
 /// `FUSE_FSYNC_FDATASYNC`.
 const FSYNC_FDATASYNC: u32 = 1;
 
+/// `FATTR_SIZE`: a SETATTR that changes the size.
+pub const FATTR_SIZE: u32 = fattr::SIZE;
+
 /// `fuse_setattr_in.valid` bits.
 mod fattr {
     pub const MODE: u32 = 1 << 0;

@@ -20,6 +20,7 @@
 //! is unavailable). io-uring stays behind this crate; nothing else in the project names it.
 
 mod local;
+mod nowait;
 mod ring;
 mod tuning;
 mod worker;
@@ -33,6 +34,7 @@ use oxcrypt_core::chunk_io::{CiphertextIo, PreadIo};
 use oxcrypt_core::vault::{FileHandle, SetLen, WriteAt};
 use oxcrypt_core::{Error, Result};
 
+pub use nowait::{no_wait, NoWait};
 pub use tuning::{Tuning, ABLATIONS};
 use worker::Job;
 
@@ -98,6 +100,11 @@ impl ChangeQueue {
     /// A guard that counts one change as completed when it is dropped.
     pub(crate) fn completion(&self) -> Completion<'_> {
         Completion(self)
+    }
+
+    /// Whether a change submitted so far is not done yet.
+    fn has_earlier(&self) -> bool {
+        self.completed.load(Ordering::Acquire) < self.submitted.load(Ordering::Acquire)
     }
 
     /// Waits until every change submitted so far is done.
@@ -300,6 +307,9 @@ impl Engine {
     /// Reads up to `out.len()` cleartext bytes at `offset` of `file` straight into `out`, in
     /// this thread, after the file's queued changes; returns the count (0 at end of file).
     pub fn read(&self, file: &Arc<OpenFile>, offset: u64, out: &mut [u8]) -> Result<usize> {
+        if nowait::changes() && file.changes.has_earlier() {
+            return Err(nowait::would_block());
+        }
         file.changes.wait_for_earlier();
         if self.tuning.io_on_workers {
             return self.read_on_worker(file, offset, out);
@@ -312,6 +322,9 @@ impl Engine {
     /// Writes `data` at `at` of `file` in this thread, after the file's queued changes;
     /// returns the offset written at.
     pub fn write(&self, file: &Arc<OpenFile>, at: WriteAt, data: &[u8]) -> Result<u64> {
+        if nowait::changes() && file.changes.has_earlier() {
+            return Err(nowait::would_block());
+        }
         file.changes.wait_for_earlier();
         if self.tuning.io_on_workers {
             return self.write_on_worker(file, at, data);

@@ -114,9 +114,21 @@ impl RingIo {
         // SAFETY: `done + len <= buf.len()` (asserted above).
         let ptr = unsafe { self.buf.as_mut_ptr().add(done) };
         let (fd, len) = (types::Fd(file.as_raw_fd()), len as u32);
+        // In no-wait mode a read takes only what the page cache has (EAGAIN otherwise).
+        let flags = if !write && crate::nowait::disk() {
+            libc::RWF_NOWAIT
+        } else {
+            0
+        };
         let entry = match (write, self.registered) {
-            (false, true) => opcode::ReadFixed::new(fd, ptr, len, 0).offset(at).build(),
-            (false, false) => opcode::Read::new(fd, ptr, len).offset(at).build(),
+            (false, true) => opcode::ReadFixed::new(fd, ptr, len, 0)
+                .offset(at)
+                .rw_flags(flags)
+                .build(),
+            (false, false) => opcode::Read::new(fd, ptr, len)
+                .offset(at)
+                .rw_flags(flags)
+                .build(),
             (true, true) => opcode::WriteFixed::new(fd, ptr, len, 0).offset(at).build(),
             (true, false) => opcode::Write::new(fd, ptr, len).offset(at).build(),
         };
@@ -151,6 +163,9 @@ impl CiphertextIo for RingIo {
         let mut got = 0;
         while got < len {
             match self.transfer(file, false, got, len - got, at + got as u64)? {
+                r if r == -libc::EAGAIN && crate::nowait::disk() => {
+                    return Err(io::Error::from_raw_os_error(libc::EAGAIN))
+                }
                 r if r == -libc::EINTR || r == -libc::EAGAIN => continue,
                 r if r < 0 => return Err(io::Error::from_raw_os_error(-r)),
                 0 => break,

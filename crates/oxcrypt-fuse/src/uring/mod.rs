@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::ops::Fs;
 use crate::wire::{self, init, op, Dispatcher, InitIn, OpCounts, Outcome, Request};
-use queue::{Queue, QueueEnd, QueueShared};
+use queue::{BlockingPool, Queue, QueueEnd, QueueShared};
 
 /// The module parameter that gates the transport.
 pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -122,8 +122,12 @@ impl Stats {
                 "/dev/fuse (own loop)"
             }
         );
-        for (q, n) in self.per_queue().iter().enumerate() {
-            s += &format!("queue {q}: {n} requests\n");
+        for (q, shared) in self.queues.iter().enumerate() {
+            s += &format!(
+                "queue {q}: {} requests ({} handed to the blocking pool)\n",
+                shared.served.load(Ordering::Relaxed),
+                shared.offloaded.load(Ordering::Relaxed)
+            );
         }
         let seen = self.dev_fuse.seen();
         s += &format!("/dev/fuse after INIT: {} requests", self.dev_fuse.total());
@@ -269,16 +273,21 @@ fn answer_init(fuse: &File, options: &UringOptions) -> std::io::Result<(Vec<Queu
     let mut stats = Stats::default();
     if offered & init::OVER_IO_URING != 0 {
         let nr = possible_cpus();
-        let built: std::io::Result<Vec<Queue>> = (0..nr)
-            .map(|q| {
-                Queue::new(
-                    q as u16,
-                    fuse.as_raw_fd(),
-                    options.depth.max(1),
-                    MAX_WRITE as usize,
-                )
-            })
-            .collect();
+        // Enough threads that every entry of every queue could wait on the disk at once
+        // would be nr × depth; two per CPU keep the disk busy without a crowd of threads.
+        let built: std::io::Result<Vec<Queue>> = BlockingPool::start(nr * 2).and_then(|pool| {
+            (0..nr)
+                .map(|q| {
+                    Queue::new(
+                        q as u16,
+                        fuse.as_raw_fd(),
+                        options.depth.max(1),
+                        MAX_WRITE as usize,
+                        pool.clone(),
+                    )
+                })
+                .collect()
+        });
         match built {
             Ok(q) => {
                 stats.queues = q.iter().map(|q| q.shared()).collect();

@@ -60,18 +60,20 @@ fn pin_to_cpu(cpu: usize) {
 /// What other threads share with a queue: finished deferred requests and the eventfd that
 /// wakes the queue for them.
 pub struct QueueShared {
-    finished: Mutex<Vec<(u16, i32)>>,
+    finished: Mutex<Vec<(u16, i32, usize)>>,
     event: OwnedFd,
     /// Requests this queue served.
     pub served: AtomicU64,
+    /// Of those, requests handed to the blocking pool.
+    pub offloaded: AtomicU64,
 }
 
 impl QueueShared {
-    fn push(&self, entry: u16, error: i32) {
+    fn push(&self, entry: u16, error: i32, len: usize) {
         self.finished
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((entry, error));
+            .push((entry, error, len));
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a live u64 to our eventfd.
         unsafe {
@@ -96,14 +98,14 @@ impl Deferred {
     fn finish(mut self, r: OpResult<()>) {
         self.done = true;
         self.shared
-            .push(self.entry, r.err().map_or(0, |e| e.code()));
+            .push(self.entry, r.err().map_or(0, |e| e.code()), 0);
     }
 }
 
 impl Drop for Deferred {
     fn drop(&mut self) {
         if !self.done {
-            self.shared.push(self.entry, libc::EIO);
+            self.shared.push(self.entry, libc::EIO, 0);
         }
     }
 }
@@ -135,6 +137,8 @@ pub struct Queue {
     shared: Arc<QueueShared>,
     scratch: Vec<u8>,
     event_buf: Box<u64>,
+    /// Where requests that would block go.
+    pool: Arc<BlockingPool>,
     /// Pin the thread to its CPU (`OXCRYPT_RING_NOPIN` turns it off, for measurements).
     pin: bool,
 }
@@ -156,6 +160,7 @@ impl Queue {
         fuse_fd: RawFd,
         depth: usize,
         payload_len: usize,
+        pool: Arc<BlockingPool>,
     ) -> std::io::Result<Queue> {
         let sqes = (depth as u32 + 1).next_power_of_two();
         let ring: IoUring<squeue::Entry128, cqueue::Entry> =
@@ -202,9 +207,11 @@ impl Queue {
                 finished: Mutex::new(Vec::new()),
                 event,
                 served: AtomicU64::new(0),
+                offloaded: AtomicU64::new(0),
             }),
             scratch: vec![0u8; SCRATCH_LEN],
             event_buf: Box::new(0),
+            pool,
             pin: std::env::var_os("OXCRYPT_RING_NOPIN").is_none(),
         })
     }
@@ -262,7 +269,7 @@ impl Queue {
     }
 
     /// Registers every entry and serves until the connection ends.
-    pub fn run(mut self, dispatcher: &Dispatcher) -> QueueEnd {
+    pub fn run(mut self, dispatcher: &Arc<Dispatcher>) -> QueueEnd {
         if self.pin {
             pin_to_cpu(self.qid as usize);
         }
@@ -278,6 +285,10 @@ impl Queue {
                     continue;
                 }
                 tracing::error!(qid = self.qid, error = %e, "io_uring queue failed");
+                // An entry still in the blocking pool must keep its buffers: leak them.
+                if self.entries.iter().any(|e| e.busy) {
+                    std::mem::forget(std::mem::take(&mut self.entries));
+                }
                 return QueueEnd::Unmounted;
             }
             let cqes: Vec<(u64, i32)> = self
@@ -330,8 +341,8 @@ impl Queue {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for (i, error) in done {
-            self.commit(i as usize, error, 0);
+        for (i, error, len) in done {
+            self.commit(i as usize, error, len);
         }
     }
 
@@ -347,57 +358,198 @@ impl Queue {
         self.push(&sqe);
     }
 
-    fn serve_entry(&mut self, i: usize, dispatcher: &Dispatcher) {
+    fn serve_entry(&mut self, i: usize, dispatcher: &Arc<Dispatcher>) {
         self.shared.served.fetch_add(1, Ordering::Relaxed);
-        let shared = self.shared.clone();
-        let entry = &mut self.entries[i];
-        entry.busy = true;
-        let payload_sz = wire::u32_at(&entry.header[..], PAYLOAD_SZ_AT) as usize;
-        let mut defer = || -> Completion {
-            let d = Deferred {
-                shared: shared.clone(),
-                entry: i as u16,
-                done: false,
-            };
-            Box::new(move |r| d.finish(r))
-        };
-        let (head, _) = entry.header.split_at(REQ_HEADER_LEN);
-        let outcome;
-        let mut copy_back = 0;
-        if payload_sz == 0 {
-            // No input payload: the reply goes straight into the payload buffer.
-            let Some(req) = Request::from_ring(
-                &head[..IN_HEADER_LEN],
-                &head[OP_IN_AT..OP_IN_AT + 128],
-                &[],
-                0,
-            ) else {
-                return self.commit(i, libc::EIO, 0);
-            };
-            outcome = dispatcher.handle(&req, &mut entry.payload, &mut defer);
-        } else {
-            let Some(req) = Request::from_ring(
-                &head[..IN_HEADER_LEN],
-                &head[OP_IN_AT..OP_IN_AT + 128],
-                &entry.payload,
-                payload_sz,
-            ) else {
-                return self.commit(i, libc::EIO, 0);
-            };
-            outcome = dispatcher.handle(&req, &mut self.scratch, &mut defer);
-            if let Outcome::Reply { error: 0, len } = outcome {
-                copy_back = len;
+        let opcode = wire::u32_at(&self.entries[i].header[..], 4);
+        // READ and WRITE must not wait here (a cold ciphertext read, a queued fsync): they
+        // fail with EAGAIN instead and go to the pool.
+        let may_block = matches!(opcode, wire::op::READ | wire::op::WRITE);
+        // Truncates and fallocates wait for the worker that runs them: straight to the pool.
+        let blocks = opcode == wire::op::FALLOCATE
+            || (opcode == wire::op::SETATTR
+                && wire::u32_at(&self.entries[i].header[OP_IN_AT..], 0) & wire::FATTR_SIZE != 0);
+        let outcome = if blocks {
+            Outcome::Reply {
+                error: libc::EAGAIN,
+                len: 0,
             }
-        }
-        if copy_back > 0 {
+        } else {
+            let _no_wait = may_block.then(|| oxcrypt_io::no_wait(opcode == wire::op::READ));
+            let shared = self.shared.clone();
             let e = &mut self.entries[i];
-            e.payload[..copy_back].copy_from_slice(&self.scratch[..copy_back]);
-        }
+            e.busy = true;
+            // SAFETY: the entry is ours until its commit (the kernel does not touch it between
+            // a completion and the next COMMIT_AND_FETCH).
+            unsafe {
+                handle_entry(
+                    dispatcher,
+                    &shared,
+                    i,
+                    e.header.as_mut_ptr(),
+                    e.payload.as_mut_ptr(),
+                    e.payload.len(),
+                    &mut self.scratch,
+                )
+            }
+        };
         match outcome {
+            Outcome::Reply { error, .. } if (blocks || may_block) && error == libc::EAGAIN => {
+                self.shared.offloaded.fetch_add(1, Ordering::Relaxed);
+                let job = OffloadedEntry {
+                    dispatcher: dispatcher.clone(),
+                    shared: self.shared.clone(),
+                    entry: i,
+                    header: self.entries[i].header.as_mut_ptr(),
+                    payload: self.entries[i].payload.as_mut_ptr(),
+                    payload_len: self.entries[i].payload.len(),
+                };
+                self.pool.run(job);
+            }
             Outcome::Reply { error, len } => self.commit(i, error, len),
             Outcome::Deferred => {}
             // Nothing on a ring goes unanswered (FORGET and INTERRUPT come on /dev/fuse).
             Outcome::None => self.commit(i, libc::ENOSYS, 0),
+        }
+    }
+}
+
+/// Decodes the request in an entry's buffers and answers it: the reply arguments end up at
+/// the start of the payload buffer. Requests without input payload reply straight into it;
+/// the others through `scratch`, copied over afterwards, so input and output never alias.
+///
+/// # Safety
+/// `header` must point to the entry's 4096-byte header buffer and `payload` to its
+/// `payload_len`-byte payload buffer, both valid and used by no one else during the call.
+unsafe fn handle_entry(
+    dispatcher: &Dispatcher,
+    shared: &Arc<QueueShared>,
+    entry: usize,
+    header: *mut u8,
+    payload: *mut u8,
+    payload_len: usize,
+    scratch: &mut [u8],
+) -> Outcome {
+    // SAFETY: the caller's contract.
+    let head = unsafe { std::slice::from_raw_parts(header as *const u8, REQ_HEADER_LEN) };
+    let payload_sz = (wire::u32_at(head, PAYLOAD_SZ_AT) as usize).min(payload_len);
+    let mut defer = || -> Completion {
+        let d = Deferred {
+            shared: shared.clone(),
+            entry: entry as u16,
+            done: false,
+        };
+        Box::new(move |r| d.finish(r))
+    };
+    let op_in = &head[OP_IN_AT..OP_IN_AT + 128];
+    if payload_sz == 0 {
+        let Some(req) = Request::from_ring(&head[..IN_HEADER_LEN], op_in, &[], 0) else {
+            return Outcome::Reply {
+                error: libc::EIO,
+                len: 0,
+            };
+        };
+        // SAFETY: the caller's contract; the request borrows only the header.
+        let out = unsafe { std::slice::from_raw_parts_mut(payload, payload_len) };
+        return dispatcher.handle(&req, out, &mut defer);
+    }
+    let outcome = {
+        // SAFETY: the caller's contract.
+        let input = unsafe { std::slice::from_raw_parts(payload as *const u8, payload_sz) };
+        let Some(req) = Request::from_ring(&head[..IN_HEADER_LEN], op_in, input, payload_sz) else {
+            return Outcome::Reply {
+                error: libc::EIO,
+                len: 0,
+            };
+        };
+        dispatcher.handle(&req, scratch, &mut defer)
+    };
+    if let Outcome::Reply { error: 0, len } = outcome {
+        // SAFETY: the request (the only reader of the payload) is gone.
+        let out = unsafe { std::slice::from_raw_parts_mut(payload, payload_len) };
+        out[..len].copy_from_slice(&scratch[..len]);
+    }
+    outcome
+}
+
+/// A request handed from a queue to the pool, with its entry's buffers.
+struct OffloadedEntry {
+    dispatcher: Arc<Dispatcher>,
+    shared: Arc<QueueShared>,
+    entry: usize,
+    header: *mut u8,
+    payload: *mut u8,
+    payload_len: usize,
+}
+
+// SAFETY: the pointers point into an entry's boxed buffers, which outlive the job (the queue
+// ends only after every entry, this one included once committed, has ended) and which nobody
+// else touches until the job pushes its completion.
+unsafe impl Send for OffloadedEntry {}
+
+impl OffloadedEntry {
+    fn run(self, scratch: &mut [u8]) {
+        // SAFETY: see the `Send` impl.
+        let outcome = unsafe {
+            handle_entry(
+                &self.dispatcher,
+                &self.shared,
+                self.entry,
+                self.header,
+                self.payload,
+                self.payload_len,
+                scratch,
+            )
+        };
+        match outcome {
+            Outcome::Reply { error, len } => self.shared.push(self.entry as u16, error, len),
+            Outcome::Deferred => {}
+            Outcome::None => self.shared.push(self.entry as u16, libc::ENOSYS, 0),
+        }
+    }
+}
+
+/// Threads that may block: READs of ciphertext that is not in the page cache and READs or
+/// WRITEs of files with changes still queued, handed over by the queues so that a queue
+/// thread never waits on the disk. Several cold reads of one queue are then in flight at
+/// once.
+pub struct BlockingPool {
+    jobs: Mutex<std::sync::mpsc::Sender<OffloadedEntry>>,
+}
+
+impl BlockingPool {
+    /// Starts `threads` threads.
+    pub fn start(threads: usize) -> std::io::Result<Arc<BlockingPool>> {
+        let (tx, rx) = std::sync::mpsc::channel::<OffloadedEntry>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("oxcrypt-block-{n}"))
+                .spawn(move || {
+                    let mut scratch = vec![0u8; SCRATCH_LEN];
+                    loop {
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(job) => job.run(&mut scratch),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+        }
+        Ok(Arc::new(BlockingPool {
+            jobs: Mutex::new(tx),
+        }))
+    }
+
+    fn run(&self, job: OffloadedEntry) {
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(job);
+        if let Err(std::sync::mpsc::SendError(job)) = sent {
+            // No pool thread left (cannot happen while the mount lives): answer EIO.
+            job.shared.push(job.entry as u16, libc::EIO, 0);
         }
     }
 }

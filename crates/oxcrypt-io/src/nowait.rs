@@ -1,0 +1,69 @@
+//! "Do not block" mode for the calling thread, used by the io_uring transport's queue
+//! threads: a queue thread is the only way in for its CPU's requests, so a READ whose
+//! ciphertext is not in the page cache, or a READ or WRITE of a file with a truncate or fsync
+//! still queued, must not wait there. In this mode such a call fails at once with EAGAIN
+//! (nothing read, nothing written) and the transport hands the request to a thread that may
+//! block.
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Do not wait for a file's queued changes.
+    static CHANGES: Cell<bool> = const { Cell::new(false) };
+    /// Read ciphertext with `RWF_NOWAIT` (only what is in the page cache).
+    static DISK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Turns the mode on for this thread until dropped.
+pub struct NoWait {
+    prev: (bool, bool),
+}
+
+/// Until the guard is dropped, this thread's engine calls fail with EAGAIN instead of
+/// waiting for a file's queued changes, and (with `disk`) instead of reading ciphertext
+/// that is not in the page cache.
+pub fn no_wait(disk: bool) -> NoWait {
+    let prev = (
+        CHANGES.with(|c| c.replace(true)),
+        DISK.with(|d| d.replace(disk)),
+    );
+    NoWait { prev }
+}
+
+impl Drop for NoWait {
+    fn drop(&mut self) {
+        CHANGES.with(|c| c.set(self.prev.0));
+        DISK.with(|d| d.set(self.prev.1));
+    }
+}
+
+pub(crate) fn changes() -> bool {
+    CHANGES.with(|c| c.get())
+}
+
+pub(crate) fn disk() -> bool {
+    DISK.with(|d| d.get())
+}
+
+/// The error of a call that would have blocked.
+pub(crate) fn would_block() -> oxcrypt_core::Error {
+    oxcrypt_core::Error::io("", std::io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_mode_is_scoped_and_nests() {
+        assert!(!super::changes());
+        {
+            let _a = super::no_wait(true);
+            assert!(super::changes() && super::disk());
+            {
+                let _b = super::no_wait(false);
+                assert!(super::changes() && !super::disk());
+            }
+            assert!(super::disk());
+        }
+        assert!(!super::changes() && !super::disk());
+    }
+}
