@@ -11,6 +11,7 @@
 //! (it then falls back by itself), that loop serves every request, with more threads. Both
 //! paths decode with [`crate::wire`] and call the same transport-neutral operations.
 
+mod buf;
 mod queue;
 
 use std::ffi::CString;
@@ -240,7 +241,7 @@ fn write_reply(fuse: &File, buf: &[u8]) {
 
 /// Reads INIT, builds the queues if the kernel offers the ring, and replies.
 fn answer_init(fuse: &File, options: &UringOptions) -> std::io::Result<(Vec<Queue>, Arc<Stats>)> {
-    let mut buf = vec![0u8; MAX_WRITE as usize + 4096];
+    let mut buf = buf::PageBuf::new(MAX_WRITE as usize + 4096)?;
     let n = loop {
         match (&*fuse).read(&mut buf) {
             Ok(n) => break n,
@@ -400,8 +401,16 @@ fn spawn_reader(
 
 /// Reads and answers requests from `/dev/fuse` until the connection ends (ENODEV).
 fn read_loop(fuse: &Arc<File>, d: &Dispatcher, stats: &Stats) {
-    let mut buf = vec![0u8; MAX_WRITE as usize + 4096];
-    let mut out = vec![0u8; MAX_WRITE as usize + 16];
+    let (mut buf, mut out) = match (
+        buf::PageBuf::new(MAX_WRITE as usize + 4096),
+        buf::PageBuf::new(MAX_WRITE as usize + 16),
+    ) {
+        (Ok(b), Ok(o)) => (b, o),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "no buffer for a /dev/fuse reader");
+            return;
+        }
+    };
     loop {
         let n = match (&**fuse).read(&mut buf) {
             Ok(n) => n,

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
+use super::buf::PageBuf;
 use crate::ops::{Completion, OpResult};
 use crate::wire::{self, Dispatcher, Outcome, Request, IN_HEADER_LEN, OUT_HEADER_LEN};
 
@@ -120,8 +121,8 @@ unsafe impl Send for Iovecs {}
 /// One ring entry's buffers. They stay put (boxed) for the life of the ring: the kernel
 /// keeps their addresses.
 struct RingEntry {
-    header: Box<[u8; 4096]>,
-    payload: Box<[u8]>,
+    header: PageBuf,
+    payload: PageBuf,
     iov: Box<Iovecs>,
     /// Between a request's arrival and its reply's commit.
     busy: bool,
@@ -175,8 +176,8 @@ impl Queue {
         let event = unsafe { OwnedFd::from_raw_fd(efd) };
         let mut entries = Vec::with_capacity(depth);
         for _ in 0..depth {
-            let mut header = Box::new([0u8; 4096]);
-            let mut payload = vec![0u8; payload_len].into_boxed_slice();
+            let mut header = PageBuf::new(4096)?;
+            let mut payload = PageBuf::new(payload_len)?;
             let iov = Box::new(Iovecs([
                 libc::iovec {
                     iov_base: header.as_mut_ptr().cast(),
