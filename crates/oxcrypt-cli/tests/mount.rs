@@ -1520,3 +1520,96 @@ fn io_uring_stays_in_use_under_the_default_memlock_limit() {
     );
     assert_eq!(err.matches("cannot be registered").count(), 1, "{err}");
 }
+
+/// The fusectl file system (`/sys/fs/fuse/connections`), mounted for the test if it was not;
+/// unmounted again afterwards in that case.
+struct FuseCtl {
+    mounted_here: bool,
+}
+
+impl FuseCtl {
+    const DIR: &'static str = "/sys/fs/fuse/connections";
+
+    fn get() -> FuseCtl {
+        let mounted = oxcrypt_fuse::mountinfo::mount_at(Path::new(Self::DIR)).is_some();
+        if !mounted {
+            let st = Command::new("mount")
+                .args(["-t", "fusectl", "none", Self::DIR])
+                .status()
+                .unwrap();
+            assert!(st.success(), "cannot mount fusectl");
+        }
+        FuseCtl {
+            mounted_here: !mounted,
+        }
+    }
+}
+
+impl Drop for FuseCtl {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = Command::new("umount").arg(Self::DIR).status();
+        }
+    }
+}
+
+#[test]
+fn aborting_the_connection_under_load_ends_clients_and_daemon_cleanly() {
+    let mut m = Mount::fresh(&[]);
+    fs::write(m.mnt.join("f"), vec![9u8; 4 << 20]).unwrap();
+    let dev = fs::metadata(&m.mnt).unwrap().dev();
+    let minor = libc::minor(dev);
+    // Clients reading and writing in a loop until the connection goes.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (mnt, stop) = (m.mnt.clone(), stop.clone());
+            std::thread::spawn(move || -> std::io::Error {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let r = if i % 2 == 0 {
+                        File::open(mnt.join("f")).and_then(|mut f| f.read(&mut buf).map(drop))
+                    } else {
+                        fs::write(mnt.join(format!("w{i}")), &buf)
+                    };
+                    if let Err(e) = r {
+                        return e;
+                    }
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        return std::io::Error::other("stopped before the abort took effect");
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let ctl = FuseCtl::get();
+    fs::write(format!("{}/{minor}/abort", FuseCtl::DIR), "1").unwrap();
+    let t0 = Instant::now();
+    let errors: Vec<std::io::Error> = within(10, "clients after the abort", move || {
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for e in &errors {
+        assert!(
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+            ),
+            "a client ended with {e}"
+        );
+    }
+    // The daemon notices and exits by itself, leaving no thread behind.
+    let mut child = m.child.take().unwrap();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the daemon outlived its connection"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(ctl);
+    // The dead mount can be unmounted.
+    let st = Command::new("umount").arg(&m.mnt).status().unwrap();
+    assert!(st.success() || !is_mounted(&m.mnt));
+}
