@@ -203,6 +203,17 @@ fn path_metadata(path: &Path) -> Result<Metadata> {
     fd.metadata().at(path)
 }
 
+/// The metadata of a node's entry, whatever it is (a symlink entry is reported as one, not
+/// followed; a symlink above it is refused): for classifying it.
+pub fn entry_metadata(path: &Path) -> Result<Metadata> {
+    path_metadata(path)
+}
+
+/// Refuses `md` (of `path`) unless it is a regular file.
+pub fn check_file(path: &Path, md: &Metadata) -> Result<()> {
+    check_type(path, md, Expect::File)
+}
+
 /// Whether `path` is a regular file (no symlink followed). Absent or anything else: false.
 pub fn is_regular(path: &Path) -> bool {
     path_metadata(path).is_ok_and(|m| m.is_file())

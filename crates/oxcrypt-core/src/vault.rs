@@ -323,6 +323,38 @@ impl Vault {
     /// [`lookup`](Self::lookup) with every temporary (NFC name, encrypted name, entry path)
     /// in `bump`: a miss allocates nothing on the heap. The mount passes its request arena.
     pub fn lookup_in(&self, parent: &DirId, name: &str, bump: &Bump) -> Result<Option<Node>> {
+        Ok(self.lookup_md_in(parent, name, bump)?.map(|(node, _)| node))
+    }
+
+    /// [`lookup_in`](Self::lookup_in) with the node's attributes. A plain file's come from
+    /// the one check of its entry, so a lookup costs a single checked `stat` of the tree.
+    pub fn lookup_attr_in(
+        &self,
+        parent: &DirId,
+        name: &str,
+        bump: &Bump,
+    ) -> Result<Option<(Node, Attr)>> {
+        let Some((node, md)) = self.lookup_md_in(parent, name, bump)? else {
+            return Ok(None);
+        };
+        let attr = if matches!(node.kind, NodeKind::File) && node.entry == node.payload_path() {
+            store::check_file(&node.entry, &md)?;
+            let size = self.cleartext_size_of(&node.entry, md.len())?;
+            attr_from(FileType::File, size, md.nlink() as u32, &md)
+        } else {
+            self.stat(&node)?
+        };
+        Ok(Some((node, attr)))
+    }
+
+    /// The node `name` in `parent` and the metadata of its entry (no symlink followed in
+    /// any component).
+    fn lookup_md_in(
+        &self,
+        parent: &DirId,
+        name: &str,
+        bump: &Bump,
+    ) -> Result<Option<(Node, std::fs::Metadata)>> {
         let nfc = normalize_name_in(name, bump)?;
         let c9r = self.names.encrypt_name_in(parent, nfc, bump);
         let shortened = self.names.must_shorten(c9r);
@@ -338,17 +370,17 @@ impl Vault {
             c9r
         });
         let entry = Path::new(entry.into_bump_str());
-        let md = match fs::symlink_metadata(entry) {
+        let md = match store::entry_metadata(entry) {
             Ok(md) => md,
-            Err(e) if is_not_found(&e) => return Ok(None),
-            Err(e) => return Err(Error::io(entry, e)),
+            Err(Error::Io { source, .. }) if is_not_found(&source) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let node = self.classify(nfc.to_string(), entry.to_path_buf(), shortened, md.is_dir())?;
         if let NodeKind::Directory(id) = &node.kind {
             self.cache
                 .put_child(parent.clone(), node.name.clone(), id.clone());
         }
-        Ok(Some(node))
+        Ok(Some((node, md)))
     }
 
     /// Resolves a cleartext path (`/a/b`, `a/b`, `/` or empty for the root).

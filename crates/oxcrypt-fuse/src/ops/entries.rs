@@ -87,12 +87,11 @@ impl Fs {
                 return Ok(self.entry(ino, self.cache.attr(ino).unwrap_or(attr)));
             }
             let dir = self.dir_id(parent)?;
-            let node = self
+            let (node, attr) = self
                 .vault
-                .lookup_in(&dir, name, bump)?
+                .lookup_attr_in(&dir, name, bump)?
                 .ok_or(Errno::ENOENT)?;
             self.refuse_cycle(parent, &node)?;
-            let attr = self.vault.stat(&node)?;
             let ino = self
                 .inodes
                 .lookup(parent, &node.name.clone(), node, attr.ino);
