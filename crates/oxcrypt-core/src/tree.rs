@@ -8,6 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use bumpalo::Bump;
+
 use crate::error::{Error, IoContext, Result};
 use crate::fault;
 use crate::file::FileHandle;
@@ -220,6 +222,20 @@ impl Vault {
 
     /// Removes a file or symlink `name` from `parent`.
     pub fn unlink(&self, parent: &DirId, name: &str) -> Result<()> {
+        // A plain file is one `.c9r` file: unlink it straight away. Every other node is a
+        // directory in the ciphertext (EISDIR), which the general path below handles.
+        let bump = Bump::new();
+        let (_, entry, shortened) = self.entry_path_in(parent, name, &bump)?;
+        if !shortened {
+            match fault::remove_file(entry) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::NotFound(name.to_string()))
+                }
+                Err(e) => return Err(Error::io(entry, e)),
+            }
+        }
         let node = self
             .lookup(parent, name)?
             .ok_or_else(|| Error::NotFound(name.to_string()))?;

@@ -347,14 +347,14 @@ impl Vault {
         Ok(Some((node, attr)))
     }
 
-    /// The node `name` in `parent` and the metadata of its entry (no symlink followed in
-    /// any component).
-    fn lookup_md_in(
+    /// The NFC form of `name`, the path of its entry in `parent`'s content directory and
+    /// whether the name is shortened (`.c9s`), all in `bump`.
+    pub(crate) fn entry_path_in<'b>(
         &self,
         parent: &DirId,
-        name: &str,
-        bump: &Bump,
-    ) -> Result<Option<(Node, std::fs::Metadata)>> {
+        name: &'b str,
+        bump: &'b Bump,
+    ) -> Result<(&'b str, &'b Path, bool)> {
         let nfc = normalize_name_in(name, bump)?;
         let c9r = self.names.encrypt_name_in(parent, nfc, bump);
         let shortened = self.names.must_shorten(c9r);
@@ -369,7 +369,18 @@ impl Vault {
         } else {
             c9r
         });
-        let entry = Path::new(entry.into_bump_str());
+        Ok((nfc, Path::new(entry.into_bump_str()), shortened))
+    }
+
+    /// The node `name` in `parent` and the metadata of its entry (no symlink followed in
+    /// any component).
+    fn lookup_md_in(
+        &self,
+        parent: &DirId,
+        name: &str,
+        bump: &Bump,
+    ) -> Result<Option<(Node, std::fs::Metadata)>> {
+        let (nfc, entry, shortened) = self.entry_path_in(parent, name, bump)?;
         let md = match store::entry_metadata(entry) {
             Ok(md) => md,
             Err(Error::Io { source, .. }) if is_not_found(&source) => return Ok(None),
@@ -446,31 +457,49 @@ impl Vault {
             }
             Err(e) => return Err(Error::io(&content_dir, e)),
         };
-        let mut out = Vec::new();
+        // First the names (one getdents stream), then the decryption, which is the cost of a
+        // large directory: spread over the cores when there are many.
+        let mut raw: Vec<(String, bool)> = Vec::new();
         for entry in rd {
             let entry = entry.at(&content_dir)?;
-            let file_name = entry.file_name();
-            let Some(file_name) = file_name.to_str() else {
+            let Ok(file_name) = entry.file_name().into_string() else {
                 continue;
             };
-            if file_name.starts_with('.') || file_name == DIRID_FILE {
+            if file_name.starts_with('.')
+                || file_name == DIRID_FILE
+                || !(file_name.ends_with(C9R) || file_name.ends_with(C9S))
+            {
                 continue;
             }
-            let path = entry.path();
-            let is_dir = entry.file_type().at(&path)?.is_dir();
-            let item = if file_name.ends_with(C9R) {
+            let is_dir = entry.file_type().at(&entry.path())?.is_dir();
+            raw.push((file_name, is_dir));
+        }
+        let one = |(file_name, is_dir): &(String, bool)| -> Result<Node> {
+            let path = content_dir.join(file_name);
+            if file_name.ends_with(C9R) {
                 match self.names.decrypt_name(dir, file_name) {
-                    Some(name) => self.classify(name, path, false, is_dir),
+                    Some(name) => self.classify(name, path, false, *is_dir),
                     None => Err(Error::BadName { path }),
                 }
-            } else if file_name.ends_with(C9S) {
-                self.read_shortened(dir, path, is_dir)
             } else {
-                continue;
-            };
-            out.push(item);
+                self.read_shortened(dir, path, *is_dir)
+            }
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if raw.len() < PARALLEL_LISTING_MIN || threads < 2 {
+            return Ok(raw.iter().map(one).collect());
         }
-        Ok(out)
+        let per = raw.len().div_ceil(threads);
+        Ok(std::thread::scope(|s| {
+            let parts: Vec<_> = raw
+                .chunks(per)
+                .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        }))
     }
 
     fn read_shortened(&self, dir: &DirId, path: PathBuf, is_dir: bool) -> Result<Node> {
@@ -708,6 +737,10 @@ impl Vault {
         }
     }
 }
+
+/// Entries from which a listing decrypts its names on every core (below, one thread is
+/// faster than starting others).
+const PARALLEL_LISTING_MIN: usize = 512;
 
 /// Parses the content of a `dir.c9r`: a directory id, non-empty ASCII (ids are UUIDs, but
 /// any ASCII is accepted as Cryptomator does). `None`: not a directory id.

@@ -377,3 +377,37 @@ fn exchange_swaps_nodes_including_shortened_ones() {
     let report = oxcrypt_core::check::check(&v, &mut |_| {}).unwrap();
     assert_eq!(report.errors(), 0, "{:?}", report.problems);
 }
+
+/// A directory large enough to be listed on several threads lists every entry once, with
+/// its kind, and leaves out an undecryptable one, as a small one does.
+#[test]
+fn a_large_listing_is_complete_and_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let v = new_vault(&tmp.path().join("v"), CipherCombo::SivGcm);
+    let root = v.root_id().clone();
+    let d = v.mkdir(&root, "big", 0o755).unwrap();
+    let id = d.dir_id().unwrap().clone();
+    let mut want = Vec::new();
+    for i in 0..1500 {
+        let name = format!("entry-{i:05}");
+        if i % 100 == 0 {
+            v.mkdir(&id, &name, 0o755).unwrap();
+        } else {
+            v.create_open(&id, &name, 0o644, None).unwrap();
+        }
+        want.push(name);
+    }
+    std::fs::write(v.content_dir(&id).join("junk.c9r"), b"x").unwrap();
+    let mut got: Vec<(String, bool)> = v
+        .list(&id)
+        .unwrap()
+        .into_iter()
+        .map(|n| (n.name.clone(), n.is_dir()))
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 1500);
+    for (i, (name, is_dir)) in got.iter().enumerate() {
+        assert_eq!(name, &want[i]);
+        assert_eq!(*is_dir, i % 100 == 0, "{name}");
+    }
+}
