@@ -31,6 +31,11 @@ impl Listed {
         }
     }
 
+    /// Whether its attributes were read already.
+    pub fn has_attr(&self) -> bool {
+        self.attr.get().is_some()
+    }
+
     /// Its attributes, read once from `vault`; `None` if the entry vanished or cannot be read.
     pub fn attr(&self, vault: &Vault) -> Option<Attr> {
         *self.attr.get_or_init(|| vault.stat(&self.node).ok())

@@ -24,6 +24,13 @@ pub struct DirEntry<'a> {
     pub name: &'a str,
 }
 
+/// Entries whose attributes a READDIRPLUS reads ahead at once.
+const ATTR_PREFETCH: usize = 64;
+/// ... when at least this many of them are unread.
+const ATTR_PREFETCH_MIN: usize = 16;
+/// ... on this many threads.
+const ATTR_PREFETCH_THREADS: usize = 8;
+
 /// The file type of a node, known without a `stat`.
 fn kind_of(n: &Node) -> FileType {
     match n.kind {
@@ -174,6 +181,9 @@ impl Fs {
             .enumerate()
             .skip(offset.saturating_sub(2) as usize)
         {
+            if !e.has_attr() {
+                self.prefetch_attrs(&listing[k..]);
+            }
             // An entry that vanished or cannot be read since the listing is left out.
             let Some(attr) = e.attr(&self.vault) else {
                 continue;
@@ -197,6 +207,27 @@ impl Fs {
             }
         }
         Ok(())
+    }
+
+    /// Reads the attributes of the next entries of a listing on several threads when many
+    /// are unread: after `drop_caches` (or on a cold disk) each is a disk read of the
+    /// ciphertext inode, ~80 µs here, and one after another they made a cold `ls` of a
+    /// 10,000-entry directory take 20+ ms.
+    fn prefetch_attrs(&self, next: &[Listed]) {
+        let window = &next[..next.len().min(ATTR_PREFETCH)];
+        if window.iter().filter(|e| !e.has_attr()).count() < ATTR_PREFETCH_MIN {
+            return;
+        }
+        std::thread::scope(|s| {
+            for part in window.chunks(window.len().div_ceil(ATTR_PREFETCH_THREADS)) {
+                let vault = &self.vault;
+                s.spawn(move || {
+                    for e in part {
+                        e.attr(vault);
+                    }
+                });
+            }
+        });
     }
 
     /// RELEASEDIR.

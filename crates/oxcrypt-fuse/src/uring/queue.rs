@@ -35,6 +35,9 @@ const COMMIT_ID_AT: usize = 264;
 const PAYLOAD_SZ_AT: usize = 272;
 /// user_data of the eventfd read.
 const EVENT_TAG: u64 = u64::MAX;
+/// READs from this size up are decrypted in the blocking pool (`OXCRYPT_RING_OFFLOAD_READ_KIB`
+/// overrides it, for measurements).
+const OFFLOAD_READ_MIN: u32 = 256 * 1024;
 /// Replies of requests that carry a payload are at most an entry and an open reply.
 const SCRATCH_LEN: usize = 4096;
 
@@ -140,6 +143,8 @@ pub struct Queue {
     event_buf: Box<u64>,
     /// Where requests that would block go.
     pool: Arc<BlockingPool>,
+    /// READs of this many bytes or more are decrypted in the pool.
+    offload_read_min: u32,
     /// Pin the thread to its CPU (`OXCRYPT_RING_NOPIN` turns it off, for measurements).
     pin: bool,
 }
@@ -213,6 +218,10 @@ impl Queue {
             scratch: vec![0u8; SCRATCH_LEN],
             event_buf: Box::new(0),
             pool,
+            offload_read_min: std::env::var("OXCRYPT_RING_OFFLOAD_READ_KIB")
+                .ok()
+                .and_then(|v| v.parse::<u32>().ok())
+                .map_or(OFFLOAD_READ_MIN, |k| k.saturating_mul(1024)),
             pin: std::env::var_os("OXCRYPT_RING_NOPIN").is_none(),
         })
     }
@@ -365,10 +374,14 @@ impl Queue {
         // READ and WRITE must not wait here (a cold ciphertext read, a queued fsync): they
         // fail with EAGAIN instead and go to the pool.
         let may_block = matches!(opcode, wire::op::READ | wire::op::WRITE);
+        let arg = &self.entries[i].header[OP_IN_AT..];
         // Truncates and fallocates wait for the worker that runs them: straight to the pool.
+        // So do large READs: read-ahead sends them from the reader's CPU, so they all land
+        // on one queue, where decrypting them one after another would leave the other cores
+        // idle; the pool spreads them.
         let blocks = opcode == wire::op::FALLOCATE
-            || (opcode == wire::op::SETATTR
-                && wire::u32_at(&self.entries[i].header[OP_IN_AT..], 0) & wire::FATTR_SIZE != 0);
+            || (opcode == wire::op::SETATTR && wire::u32_at(arg, 0) & wire::FATTR_SIZE != 0)
+            || (opcode == wire::op::READ && wire::u32_at(arg, 16) >= self.offload_read_min);
         let outcome = if blocks {
             Outcome::Reply {
                 error: libc::EAGAIN,
