@@ -66,6 +66,11 @@ pub fn all() -> Vec<Workload> {
             run: plain!(video),
         },
         Workload {
+            name: "media",
+            main: "seq read MB/s",
+            run: plain!(media),
+        },
+        Workload {
             name: "concurrent",
             main: "randread 4k x4 IOPS",
             run: plain!(concurrent),
@@ -124,11 +129,66 @@ fn scaled(base: u64, scale: f64, min: u64) -> u64 {
 }
 
 fn p99(lat: &mut [Duration]) -> f64 {
+    percentile(lat, 99)
+}
+
+/// The `pct`-th percentile of `lat`, in milliseconds (0 for none).
+fn percentile(lat: &mut [Duration], pct: usize) -> f64 {
     if lat.is_empty() {
         return 0.0;
     }
     lat.sort();
-    lat[(lat.len() * 99 / 100).min(lat.len() - 1)].as_secs_f64() * 1000.0
+    lat[(lat.len() * pct / 100).min(lat.len() - 1)].as_secs_f64() * 1000.0
+}
+
+/// Large media as a player uses it: a 4 GiB file (scale 1) written in 1 MiB blocks and
+/// fsynced, then played back cold twice: straight through, and with a seek to another place
+/// after every 8 reads (a viewer scrubbing). Throughput and the p50/p99 of single 1 MiB reads;
+/// the harness adds the daemon's peak memory over all of it.
+fn media(dir: &Path, scale: f64) -> Result<Vec<Metric>> {
+    let size = scaled(4 << 30, scale, 256 << 20);
+    let p = dir.join("film.mkv");
+    let t = Instant::now();
+    write_file(&p, size, true)?;
+    let write = size as f64 / t.elapsed().as_secs_f64() / 1e6;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut play = |seek: bool| -> Result<(f64, f64, f64)> {
+        drop_caches();
+        let f = File::open(&p)?;
+        let mut rng = Rng(0x51ed_270b_2f1c_a3d5);
+        let (mut off, mut read, mut lat) = (0u64, 0u64, Vec::new());
+        let t = Instant::now();
+        while read < size {
+            if seek && lat.len() % 8 == 7 {
+                off = rng.below(size >> 20) << 20;
+            }
+            if off >= size {
+                off = 0;
+            }
+            let s = Instant::now();
+            let n = f.read_at(&mut buf, off)?;
+            lat.push(s.elapsed());
+            if n == 0 {
+                bail!("unexpected end of file at {off}");
+            }
+            read += n as u64;
+            off += n as u64;
+        }
+        let mbps = read as f64 / t.elapsed().as_secs_f64() / 1e6;
+        Ok((mbps, percentile(&mut lat, 50), percentile(&mut lat, 99)))
+    };
+    let (seq, seq50, seq99) = play(false)?;
+    let (sk, sk50, sk99) = play(true)?;
+    fs::remove_file(&p)?;
+    Ok(vec![
+        m("write+fsync MB/s", "MB/s", write, true),
+        m("seq read MB/s", "MB/s", seq, true),
+        m("seq read p50 ms", "ms", seq50, false),
+        m("seq read p99 ms", "ms", seq99, false),
+        m("seek read MB/s", "MB/s", sk, true),
+        m("seek read p50 ms", "ms", sk50, false),
+        m("seek read p99 ms", "ms", sk99, false),
+    ])
 }
 
 /// A small deterministic generator (xorshift) so every target sees the same operations.
