@@ -50,10 +50,12 @@ COMPATIBILITY:
 #[command(
     name = "oxcrypt",
     version,
-    about = "Create, inspect and edit Cryptomator-compatible encrypted vaults",
-    long_about = "oxcrypt works on Cryptomator vaults (vault format 8) without mounting them: create a \
-                  vault, list and print its files, copy trees in and out, rename and delete, change \
-                  the password, and verify every byte of it.",
+    about = "Mount Cryptomator-compatible encrypted vaults on Linux, and work on them offline",
+    long_about = "oxcrypt mounts Cryptomator vaults (vault format 8) through FUSE: `oxcrypt mount \
+                  VAULT MOUNTPOINT` shows the decrypted files under MOUNTPOINT until `oxcrypt \
+                  umount`. The same vaults can be used without mounting: create one, list and \
+                  print its files, copy trees in and out, rename and delete, change the \
+                  password, and verify every byte of it.",
     after_help = EXIT_CODES
 )]
 struct Cli {

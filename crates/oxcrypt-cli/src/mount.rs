@@ -71,8 +71,11 @@ fn lazy_unmount(p: &Path) -> std::io::Result<()> {
 }
 
 pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
-    let vault = open_or_init(g, args)?;
+    // The mountpoint first, then the vault: a typo in either is reported before the password
+    // is asked for.
     clean_stale(args.mountpoint);
+    oxcrypt_fuse::check_mountpoint(args.mountpoint)?;
+    let vault = open_or_init(g, args)?;
     let mut options = MountOptions {
         read_only: args.read_only,
         allow_other: args.allow_other,

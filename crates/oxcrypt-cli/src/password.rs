@@ -109,6 +109,8 @@ pub fn new_password(file: Option<&Path>) -> Result<Zeroizing<String>> {
 
 /// Unlocks the vault at `path` with the password from the usual sources.
 pub fn unlock(g: &Global, path: &Path) -> Result<Vault> {
+    // No vault there: say so before asking for a password.
+    Vault::check_exists(path).with_context(|| format!("cannot open vault {}", path.display()))?;
     let pw = vault_password(g.password_file.as_deref(), false)?;
     Vault::open(path, &pw).with_context(|| format!("cannot open vault {}", path.display()))
 }

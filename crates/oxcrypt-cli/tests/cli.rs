@@ -383,3 +383,62 @@ fn get_of_a_255_byte_name() {
     let left: Vec<_> = fs::read_dir(&out_dir).unwrap().collect();
     assert_eq!(left.len(), 1, "temporary files left behind");
 }
+
+/// Runs oxcrypt with no password anywhere (no variable, stdin not a terminal).
+fn oxcrypt_without_password(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
+        .args(args)
+        .env_remove("OXCRYPT_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run oxcrypt")
+}
+
+/// Issue 12, first impressions: a missing vault or a bad mountpoint is reported before any
+/// password is asked for, and `--help` leads with mounting.
+#[test]
+fn a_missing_vault_or_bad_mountpoint_is_reported_before_the_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let nowhere = tmp.path().join("nonexistent");
+    for args in [
+        vec!["mount", s(&nowhere), s(&mnt)],
+        vec!["ls", s(&nowhere)],
+        vec!["info", s(&nowhere)],
+    ] {
+        let out = oxcrypt_without_password(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            !err.contains("password"),
+            "{args:?} asked for a password first: {err}"
+        );
+        assert!(err.contains("nonexistent"), "{args:?}: {err}");
+    }
+    // A directory that is no vault.
+    let out = oxcrypt_without_password(&["mount", s(tmp.path()), s(&mnt)]);
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        !err.contains("password") && err.contains("not a cryptomator vault"),
+        "{err}"
+    );
+    // A real vault and a mountpoint that does not exist: the mountpoint is named.
+    let f = new_vault("SIV_GCM");
+    let out = oxcrypt_without_password(&["mount", s(&f.vault), s(&tmp.path().join("nomnt"))]);
+    let err = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        !err.contains("password") && err.contains("does not exist"),
+        "{err}"
+    );
+    let help = ok(&["--help"]);
+    assert!(
+        help.lines().next().unwrap().starts_with("oxcrypt mounts"),
+        "{help}"
+    );
+    let short = ok(&["-h"]);
+    assert!(
+        short.lines().next().unwrap().starts_with("Mount "),
+        "{short}"
+    );
+}

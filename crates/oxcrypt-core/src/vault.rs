@@ -112,6 +112,21 @@ impl Vault {
         Ok(vault)
     }
 
+    /// Checks, without a password, that `path` holds a vault (its `vault.cryptomator`), so a
+    /// command can say "no vault here" before it asks for one.
+    pub fn check_exists(path: &Path) -> Result<()> {
+        let canonical = fs::canonicalize(path);
+        let path = canonical.as_deref().unwrap_or(path);
+        let config_path = path.join(CONFIG_FILE);
+        match store::metadata(&config_path, Expect::File) {
+            Ok(_) => Ok(()),
+            Err(Error::Io { source, .. }) if is_not_found(&source) => {
+                Err(Self::missing_config(path, source))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn missing_config(path: &Path, e: std::io::Error) -> Error {
         let mk_path = path.join(MASTERKEY_FILE);
         match MasterkeyFile::load(&mk_path) {

@@ -31,6 +31,12 @@ use oxcrypt_io::{Engine, EngineConfig, IoMode};
 pub use oxcrypt_io::{Tuning, ABLATIONS};
 
 pub use mountpoint::{is_mountpoint, is_stale_mount};
+
+/// Checks a mountpoint as `mount` will (exists, a directory, empty, nothing mounted there),
+/// so a command can report a bad one before asking for a password.
+pub fn check_mountpoint(path: &Path) -> Result<(), MountError> {
+    mountpoint::check(path)
+}
 pub use ops::{Fs, FsOptions};
 
 /// How to mount.
