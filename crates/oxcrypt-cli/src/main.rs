@@ -17,6 +17,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Exit status: success.
@@ -317,6 +318,25 @@ enum Command {
         /// The mountpoint.
         mountpoint: PathBuf,
     },
+    /// Print a shell completion script to stdout.
+    #[command(after_help = "Install, for example:\n  \
+        oxcrypt completions bash > /etc/bash_completion.d/oxcrypt\n  \
+        oxcrypt completions zsh > \"${fpath[1]}/_oxcrypt\"\n  \
+        oxcrypt completions fish > ~/.config/fish/completions/oxcrypt.fish")]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page oxcrypt(1) to stdout, or write it and one page per command
+    /// (oxcrypt-mount(1), …) into a directory.
+    #[command(after_help = "Install, for example:\n  \
+        oxcrypt man --dir /usr/local/share/man/man1 && mandb")]
+    Man {
+        /// Write oxcrypt.1 and oxcrypt-COMMAND.1 into DIR instead of printing oxcrypt.1.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Verify every header, chunk, name and directory link; list every problem.
     #[command(
         after_help = "Exits with status 4 if any error was found. Orphan content \
@@ -469,6 +489,30 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "oxcrypt", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("cannot create {}", dir.display()))?;
+                    clap_mangen::generate_to(cmd, &dir).with_context(|| {
+                        format!("cannot write man pages into {}", dir.display())
+                    })?;
+                    eprintln!("man pages written to {}", dir.display());
+                }
+                None => match clap_mangen::Man::new(cmd).render(&mut std::io::stdout()) {
+                    // `oxcrypt man | head` is no error.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                    r => r.context("writing the man page")?,
+                },
+            }
+            Ok(EXIT_OK)
+        }
     }
 }
 

@@ -442,3 +442,27 @@ fn a_missing_vault_or_bad_mountpoint_is_reported_before_the_password() {
         "{short}"
     );
 }
+
+/// Issue 12 point 4: completions and man pages come from the clap definitions, so they know
+/// every command and option.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = ok(&["completions", shell]);
+        assert!(
+            out.contains("mount") && out.contains("transport"),
+            "{shell}: {out}"
+        );
+    }
+    let man = ok(&["man"]);
+    assert!(man.contains(".TH oxcrypt 1"), "{man}");
+    assert!(man.contains("umount") && man.contains("check"));
+    let tmp = tempfile::tempdir().unwrap();
+    ok(&["man", "--dir", s(tmp.path())]);
+    let mount = fs::read_to_string(tmp.path().join("oxcrypt-mount.1")).unwrap();
+    assert!(
+        mount.contains("ring\\-depth") || mount.contains("ring-depth"),
+        "{mount}"
+    );
+    assert!(tmp.path().join("oxcrypt-umount.1").exists());
+}
