@@ -22,7 +22,7 @@ pub fn init(g: &Global, vault: &Path, cipher: CipherArg, scrypt_cost: u64) -> Re
         CipherArg::SivGcm => CipherCombo::SivGcm,
         CipherArg::SivCtrMac => CipherCombo::SivCtrMac,
     };
-    let pw = password::vault_password(g.password_file.as_deref(), true)?;
+    let pw = password::vault_password(g, true)?;
     let v = Vault::create(
         vault,
         &pw,

@@ -39,9 +39,9 @@ EXIT STATUS:
 
 PASSWORD:
   Every command that unlocks a vault reads the password from, in this order:
-  --password-file FILE (first line), the environment variable OXCRYPT_PASSWORD (meant for
-  scripts and tests; other users may see a process environment on some systems), or an
-  echo-less prompt on the terminal.
+  --password-file FILE (first line), --extpass CMD (the first line CMD prints; CMD runs
+  without a shell), the environment variable OXCRYPT_PASSWORD (meant for scripts and tests;
+  it is removed from the process once read), or an echo-less prompt on the terminal.
 
 COMPATIBILITY:
   Vaults are Cryptomator vault format 8 (SIV_GCM or SIV_CTRMAC), byte-compatible with
@@ -72,6 +72,11 @@ pub struct Global {
     /// Read the vault password from the first line of FILE.
     #[arg(long, global = true, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Run CMD and use the first line it prints as the vault password (e.g.
+    /// `--extpass 'secret-tool lookup oxcrypt myvault'`). CMD is split into words (quotes
+    /// group) and run directly, not through a shell; its exit status must be 0.
+    #[arg(long, global = true, value_name = "CMD")]
+    pub extpass: Option<String>,
     /// More log output on stderr (-v: info, -vv: debug). Debug output names files and
     /// directories in cleartext: do not share it, and do not leave -vv on in a service.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

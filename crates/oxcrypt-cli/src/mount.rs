@@ -36,7 +36,7 @@ pub struct MountArgs<'a> {
 fn open_or_init(g: &Global, args: &MountArgs<'_>) -> Result<Vault> {
     let exists = args.vault.join(oxcrypt_core::config::CONFIG_FILE).exists();
     if args.init && !exists {
-        let pw = password::vault_password(g.password_file.as_deref(), true)?;
+        let pw = password::vault_password(g, true)?;
         let v = Vault::create(args.vault, &pw, &CreateOptions::default())
             .with_context(|| format!("cannot create vault {}", args.vault.display()))?;
         eprintln!("created vault {}", args.vault.display());

@@ -1,4 +1,5 @@
-//! Where passwords come from: a file, the environment (for scripts), or an echo-less prompt.
+//! Where passwords come from: a file, an external program (`--extpass`), the environment (for
+//! scripts), or an echo-less prompt.
 
 use std::io::IsTerminal;
 use std::path::Path;
@@ -59,7 +60,7 @@ pub fn take_env(name: &str) -> Option<Zeroizing<String>> {
 fn prompt(label: &str, confirm: bool) -> Result<Zeroizing<String>> {
     if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
         bail!(
-            "no password given: use --password-file FILE, set {PASSWORD_ENV}, or run on a terminal"
+            "no password given: use --password-file FILE, --extpass CMD, set {PASSWORD_ENV}, or run on a terminal"
         );
     }
     let first = Zeroizing::new(
@@ -77,11 +78,87 @@ fn prompt(label: &str, confirm: bool) -> Result<Zeroizing<String>> {
     Ok(first)
 }
 
-/// The password of an existing vault (or of a new one when `confirm`).
-pub fn vault_password(file: Option<&Path>, confirm: bool) -> Result<Zeroizing<String>> {
-    let pw = if let Some(f) = file {
+/// Splits an `--extpass` command line into words: blanks separate them, single and double
+/// quotes group (no other shell syntax: no variables, globs or pipes; for those, run a
+/// shell yourself, e.g. `sh -c '…'`). Backslash escapes the next character outside single
+/// quotes.
+pub fn split_command(line: &str) -> Result<Vec<String>> {
+    let (mut words, mut cur, mut in_word) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), c) => cur.push(c),
+            (_, '\\') => match chars.next() {
+                Some(n) => {
+                    cur.push(n);
+                    in_word = true;
+                }
+                None => bail!("--extpass: a backslash ends the command"),
+            },
+            (Some(_), c) => cur.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                cur.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        bail!("--extpass: an unclosed quote in the command");
+    }
+    if in_word {
+        words.push(cur);
+    }
+    if words.is_empty() {
+        bail!("--extpass: the command is empty");
+    }
+    Ok(words)
+}
+
+/// Runs the `--extpass` command (directly, not through a shell) and takes the first line of
+/// its standard output as the password. Its standard error goes to ours; a failure or an
+/// empty answer is an error.
+fn from_command(line: &str) -> Result<Zeroizing<String>> {
+    let words = split_command(line)?;
+    let out = std::process::Command::new(&words[0])
+        .args(&words[1..])
+        .stdin(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("--extpass: cannot run {}", words[0]))?;
+    let stdout = Zeroizing::new(out.stdout);
+    if !out.status.success() {
+        bail!("--extpass: {} failed ({})", words[0], out.status);
+    }
+    let text = std::str::from_utf8(&stdout).context("--extpass: the password is not UTF-8")?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        bail!("--extpass: {} printed no password", words[0]);
+    }
+    Ok(Zeroizing::new(line.to_string()))
+}
+
+/// The password of an existing vault (or of a new one when `confirm`), from the first of:
+/// `--password-file`, `--extpass`, the environment, the terminal.
+pub fn vault_password(g: &Global, confirm: bool) -> Result<Zeroizing<String>> {
+    // Taken out of the environment whichever source wins: a daemon must not keep it.
+    let from_env = take_env(PASSWORD_ENV);
+    let pw = if let Some(f) = g.password_file.as_deref() {
         from_file(f)?
-    } else if let Some(pw) = take_env(PASSWORD_ENV) {
+    } else if let Some(cmd) = g.extpass.as_deref() {
+        from_command(cmd)?
+    } else if let Some(pw) = from_env {
         pw
     } else {
         prompt("Vault password", confirm)?
@@ -111,6 +188,29 @@ pub fn new_password(file: Option<&Path>) -> Result<Zeroizing<String>> {
 pub fn unlock(g: &Global, path: &Path) -> Result<Vault> {
     // No vault there: say so before asking for a password.
     Vault::check_exists(path).with_context(|| format!("cannot open vault {}", path.display()))?;
-    let pw = vault_password(g.password_file.as_deref(), false)?;
+    let pw = vault_password(g, false)?;
     Vault::open(path, &pw).with_context(|| format!("cannot open vault {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_command;
+
+    #[test]
+    fn extpass_commands_split_like_simple_shell_words() {
+        assert_eq!(
+            split_command("secret-tool lookup vault 'my vault'").unwrap(),
+            ["secret-tool", "lookup", "vault", "my vault"]
+        );
+        assert_eq!(
+            split_command(r#"  pass  show "a b\"c"  x\ y ''"#).unwrap(),
+            ["pass", "show", "a b\"c", "x y", ""]
+        );
+        assert_eq!(
+            split_command("echo $HOME;ls").unwrap(),
+            ["echo", "$HOME;ls"]
+        );
+        assert!(split_command("  ").is_err());
+        assert!(split_command("echo 'open").is_err());
+    }
 }

@@ -466,3 +466,39 @@ fn completions_and_man_pages_cover_every_command() {
     );
     assert!(tmp.path().join("oxcrypt-umount.1").exists());
 }
+
+/// Issue 12 point 2: `--extpass CMD` takes the password from a program, run without a shell.
+#[test]
+fn extpass_runs_a_program_for_the_password_without_a_shell() {
+    let f = new_vault("SIV_GCM");
+    let work = f.work.clone();
+    let pw_file = work.join("pw");
+    fs::write(&pw_file, format!("{PW}\nsecond line ignored\n")).unwrap();
+    let cmd = format!("cat '{}'", pw_file.display());
+    let out = oxcrypt_without_password(&["ls", s(&f.vault), "--extpass", &cmd]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A failing program is an error that names it; so is one that prints nothing.
+    let out = oxcrypt_without_password(&["ls", s(&f.vault), "--extpass", "false"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--extpass: false failed"));
+    let out = oxcrypt_without_password(&["ls", s(&f.vault), "--extpass", "true"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("printed no password"));
+    // No shell: `$PW_VAR` reaches echo as is, so the password is wrong (exit 3), not expanded.
+    let out = Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
+        .args(["ls", s(&f.vault), "--extpass", "echo $PW_VAR"])
+        .env_remove("OXCRYPT_PASSWORD")
+        .env("PW_VAR", PW)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1613,3 +1613,26 @@ fn aborting_the_connection_under_load_ends_clients_and_daemon_cleanly() {
     let st = Command::new("umount").arg(&m.mnt).status().unwrap();
     assert!(st.success() || !is_mounted(&m.mnt));
 }
+
+/// `--extpass`: the daemon gets its password from a program, and keeps it neither in its
+/// command line nor in its environment (the variable is scrubbed even when another source
+/// won).
+#[test]
+fn a_mount_with_extpass_keeps_the_password_out_of_argv_and_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let pw_file = tmp.path().join("pw");
+    fs::write(&pw_file, format!("{PW}\n")).unwrap();
+    let cmd = format!("cat {}", pw_file.display());
+    let m = Mount::at(&vault, &tmp.path().join("mnt"), PW, &["--extpass", &cmd]);
+    fs::write(m.mnt.join("f"), b"x").unwrap();
+    for what in ["environ", "cmdline"] {
+        let bytes = fs::read(format!("/proc/{}/{what}", m.pid())).unwrap();
+        assert!(
+            !bytes.windows(PW.len()).any(|w| w == PW.as_bytes()),
+            "the password is in the daemon's {what}"
+        );
+    }
+    assert!(m.unmount().success());
+}
