@@ -84,6 +84,29 @@ pub struct Global {
 }
 
 /// The content I/O engine of a mount.
+/// Parses `90`, `90s`, `15m`, `2h` or `1d` into a duration of at least one second.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (like 90s, 15m, 2h)"))?;
+    let secs = match unit {
+        "s" | "sec" => n,
+        "m" | "min" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (s, m, h or d)")),
+    };
+    if secs == 0 {
+        return Err("the duration must be at least one second".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TransportArg {
     /// io_uring when the kernel offers it, else /dev/fuse.
@@ -313,6 +336,10 @@ enum Command {
         /// came over /dev/fuse, by opcode.
         #[arg(long)]
         stats: bool,
+        /// Unmount by itself once no file or directory has been open and no request has come
+        /// for DURATION (e.g. 90s, 15m, 2h; a bare number is seconds).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        idle: Option<std::time::Duration>,
         /// Benchmark ablations to turn on, comma-separated: unregistered-buffers,
         /// io-on-workers, metadata-on-thread, heap-arena (see `oxbench ablation`).
         #[arg(long, hide = true, value_name = "LIST", default_value = "")]
@@ -465,6 +492,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             transport,
             ring_depth,
             stats,
+            idle,
             ablate,
         } => mount::mount(
             g,
@@ -490,6 +518,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 },
                 ring_depth,
                 stats,
+                idle,
                 tuning: ablate,
             },
         ),
@@ -524,4 +553,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 /// Exit code for a failed check (used by `commands::check`).
 pub const fn check_failed_code() -> u8 {
     EXIT_CHECK_FAILED
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn idle_durations_parse_with_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("m").is_err());
+    }
 }

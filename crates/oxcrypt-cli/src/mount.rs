@@ -30,6 +30,7 @@ pub struct MountArgs<'a> {
     pub transport: oxcrypt_fuse::TransportChoice,
     pub ring_depth: usize,
     pub stats: bool,
+    pub idle: Option<Duration>,
     pub tuning: oxcrypt_io::Tuning,
 }
 
@@ -102,9 +103,16 @@ pub fn mount(g: &Global, args: &MountArgs<'_>) -> Result<u8> {
         options.engine.workers = t;
     }
     if args.daemon {
-        return daemonize(vault, args.mountpoint, &options);
+        return daemonize(vault, args.mountpoint, &options, args.idle);
     }
-    serve(vault, args.mountpoint, &options, None, args.stats)
+    serve(
+        vault,
+        args.mountpoint,
+        &options,
+        None,
+        args.stats,
+        args.idle,
+    )
 }
 
 /// Mounts and serves until unmounted; reports readiness on `ready` (daemon mode).
@@ -114,6 +122,7 @@ fn serve(
     options: &MountOptions,
     ready: Option<OwnedFd>,
     stats: bool,
+    idle: Option<Duration>,
 ) -> Result<u8> {
     let mut mounted = match oxcrypt_fuse::mount(vault, mountpoint, options) {
         Ok(m) => m,
@@ -139,6 +148,9 @@ fn serve(
     );
     if let Some(u) = mounted.take_unmounter() {
         watch_signals(u, mounted.stats.clone())?;
+    }
+    if let Some(limit) = idle {
+        watch_idle(mounted.fs.clone(), limit)?;
     }
     if let Some(fd) = ready {
         let mut f = std::fs::File::from(fd);
@@ -190,8 +202,33 @@ fn watch_signals(
     Ok(())
 }
 
+/// `--idle`: once no handle has been open and no request has come for `limit`, unmount the
+/// way SIGTERM does (the signal thread unmounts; queued I/O is finished and files synced).
+fn watch_idle(fs: Arc<oxcrypt_fuse::Fs>, limit: Duration) -> Result<()> {
+    let step = (limit / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    std::thread::Builder::new()
+        .name("oxcrypt-idle".into())
+        .spawn(move || loop {
+            std::thread::sleep(step);
+            if fs.open_handles() == 0 && fs.idle_for() >= limit {
+                tracing::info!(idle = ?limit, "idle: unmounting");
+                eprintln!("oxcrypt: unused for {limit:?}: unmounting");
+                // SAFETY: signalling our own process.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                return;
+            }
+        })
+        .context("starting the idle watcher")?;
+    Ok(())
+}
+
 /// Forks: the child mounts and serves detached; the parent waits until the mount is up.
-fn daemonize(vault: Vault, mountpoint: &Path, options: &MountOptions) -> Result<u8> {
+fn daemonize(
+    vault: Vault,
+    mountpoint: &Path,
+    options: &MountOptions,
+    idle: Option<Duration>,
+) -> Result<u8> {
     let mut fds = [0; 2];
     // SAFETY: pipe() fills two descriptors.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -215,7 +252,7 @@ fn daemonize(vault: Vault, mountpoint: &Path, options: &MountOptions) -> Result<
                     libc::dup2(null, 2);
                 }
             }
-            let code = serve(vault, mountpoint, options, Some(write_end), false).unwrap_or(1);
+            let code = serve(vault, mountpoint, options, Some(write_end), false, idle).unwrap_or(1);
             std::process::exit(code.into());
         }
         _child => {

@@ -1636,3 +1636,31 @@ fn a_mount_with_extpass_keeps_the_password_out_of_argv_and_environment() {
     }
     assert!(m.unmount().success());
 }
+
+/// Issue 12 point 3: `--idle` unmounts once nothing is open and nothing is asked for that
+/// long, and never while a file is open.
+#[test]
+fn an_idle_mount_unmounts_itself_but_not_while_a_file_is_open() {
+    let mut m = Mount::fresh(&["--idle", "1s"]);
+    let mut held = File::create(m.mnt.join("held")).unwrap();
+    held.write_all(b"kept").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(is_mounted(&m.mnt), "unmounted while a file was open");
+    drop(held);
+    let mut child = m.child.take().unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "still mounted 15 s after the last close"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(!is_mounted(&m.mnt));
+    let cat = cli(&["cat", m.vault.to_str().unwrap(), "/held"]);
+    assert_eq!(cat.stdout, b"kept");
+}

@@ -127,6 +127,12 @@ fn reply_open(reply: ReplyOpen, r: OpResult<Opened>) {
 }
 
 impl FuserFs {
+    /// [`guarded`], counting the request as activity.
+    fn guarded<T>(&self, op: &'static str, f: impl FnOnce() -> OpResult<T>) -> OpResult<T> {
+        self.fs.touch();
+        guarded(op, f)
+    }
+
     /// Runs a metadata call inline, or on a spawned thread in the `metadata-on-thread`
     /// ablation.
     fn meta(&self, f: impl FnOnce() + Send) {
@@ -177,13 +183,13 @@ impl Filesystem for FuserFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.meta(|| {
-            let r = guarded("lookup", || self.fs.lookup(parent.0, name.as_bytes()));
+            let r = self.guarded("lookup", || self.fs.lookup(parent.0, name.as_bytes()));
             reply_entry(reply, r)
         })
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let _ = guarded("forget", || {
+        let _ = self.guarded("forget", || {
             self.fs.forget(ino.0, nlookup);
             Ok(())
         });
@@ -191,7 +197,7 @@ impl Filesystem for FuserFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<Fh>, reply: ReplyAttr) {
         self.meta(|| {
-            let r = guarded("getattr", || self.fs.getattr(ino.0));
+            let r = self.guarded("getattr", || self.fs.getattr(ino.0));
             self.reply_attr(reply, ino.0, r)
         })
     }
@@ -223,12 +229,12 @@ impl Filesystem for FuserFs {
             mtime: mtime.map(time_set),
             fh: fh.map(|f| f.0),
         };
-        let r = guarded("setattr", || self.fs.setattr(ino.0, set));
+        let r = self.guarded("setattr", || self.fs.setattr(ino.0, set));
         self.reply_attr(reply, ino.0, r)
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match guarded("readlink", || self.fs.readlink(ino.0)) {
+        match self.guarded("readlink", || self.fs.readlink(ino.0)) {
             Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(fe(e)),
         }
@@ -244,7 +250,7 @@ impl Filesystem for FuserFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = guarded("mknod", || {
+        let r = self.guarded("mknod", || {
             self.fs
                 .mknod(caller(req), parent.0, name.as_bytes(), mode & !umask)
         });
@@ -260,7 +266,7 @@ impl Filesystem for FuserFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = guarded("mkdir", || {
+        let r = self.guarded("mkdir", || {
             self.fs
                 .mkdir(caller(req), parent.0, name.as_bytes(), mode & !umask)
         });
@@ -268,12 +274,12 @@ impl Filesystem for FuserFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = guarded("unlink", || self.fs.unlink(parent.0, name.as_bytes()));
+        let r = self.guarded("unlink", || self.fs.unlink(parent.0, name.as_bytes()));
         reply_empty(reply, r)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = guarded("rmdir", || self.fs.rmdir(parent.0, name.as_bytes()));
+        let r = self.guarded("rmdir", || self.fs.rmdir(parent.0, name.as_bytes()));
         reply_empty(reply, r)
     }
 
@@ -285,7 +291,7 @@ impl Filesystem for FuserFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = guarded("symlink", || {
+        let r = self.guarded("symlink", || {
             self.fs.symlink(
                 caller(req),
                 parent.0,
@@ -311,7 +317,7 @@ impl Filesystem for FuserFs {
             exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
             whiteout: flags.contains(RenameFlags::RENAME_WHITEOUT),
         };
-        let r = guarded("rename", || {
+        let r = self.guarded("rename", || {
             self.fs.rename(
                 parent.0,
                 name.as_bytes(),
@@ -335,7 +341,7 @@ impl Filesystem for FuserFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply_open(reply, guarded("open", || self.fs.open(ino.0, flags.0)))
+        reply_open(reply, self.guarded("open", || self.fs.open(ino.0, flags.0)))
     }
 
     fn read(
@@ -352,7 +358,7 @@ impl Filesystem for FuserFs {
         READ_BUF.with(|b| {
             let mut buf = b.borrow_mut();
             buf.resize(size as usize, 0);
-            match guarded("read", || self.fs.read(fh.0, offset, &mut buf)) {
+            match self.guarded("read", || self.fs.read(fh.0, offset, &mut buf)) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => reply.error(fe(e)),
             }
@@ -371,7 +377,7 @@ impl Filesystem for FuserFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match guarded("write", || self.fs.write(ino.0, fh.0, offset, data)) {
+        match self.guarded("write", || self.fs.write(ino.0, fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(fe(e)),
         }
@@ -400,7 +406,7 @@ impl Filesystem for FuserFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let r = guarded("release", || {
+        let r = self.guarded("release", || {
             self.fs.release(ino.0, fh.0);
             Ok(())
         });
@@ -410,7 +416,7 @@ impl Filesystem for FuserFs {
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: Fh, datasync: bool, reply: ReplyEmpty) {
         // The reply goes with the completion; if the handler panics before handing it on,
         // fuser answers the dropped reply with EIO.
-        let _ = guarded("fsync", || {
+        let _ = self.guarded("fsync", || {
             self.fs.fsync(
                 fh.0,
                 datasync,
@@ -421,7 +427,7 @@ impl Filesystem for FuserFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.meta(|| reply_open(reply, guarded("opendir", || self.fs.opendir(ino.0))))
+        self.meta(|| reply_open(reply, self.guarded("opendir", || self.fs.opendir(ino.0))))
     }
 
     fn readdir(
@@ -433,7 +439,7 @@ impl Filesystem for FuserFs {
         mut reply: ReplyDirectory,
     ) {
         self.meta(|| {
-            let r = guarded("readdir", || {
+            let r = self.guarded("readdir", || {
                 self.fs.readdir(ino.0, fh.0, offset, &mut |e| {
                     reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), e.name)
                 })
@@ -454,7 +460,7 @@ impl Filesystem for FuserFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.meta(|| {
-            let r = guarded("readdirplus", || {
+            let r = self.guarded("readdirplus", || {
                 self.fs.readdirplus(ino.0, fh.0, offset, &mut |e, entry| {
                     reply.add(
                         INodeNo(e.ino),
@@ -486,11 +492,11 @@ impl Filesystem for FuserFs {
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: Fh, _datasync: bool, reply: ReplyEmpty) {
-        reply_empty(reply, guarded("fsyncdir", || self.fs.fsyncdir(ino.0)))
+        reply_empty(reply, self.guarded("fsyncdir", || self.fs.fsyncdir(ino.0)))
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match guarded("statfs", || self.fs.statfs()) {
+        match self.guarded("statfs", || self.fs.statfs()) {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
             ),
@@ -512,7 +518,7 @@ impl Filesystem for FuserFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let r = guarded("create", || {
+        let r = self.guarded("create", || {
             self.fs
                 .create(caller(req), parent.0, name.as_bytes(), mode & !umask, flags)
         });
@@ -572,7 +578,7 @@ impl Filesystem for FuserFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        let r = guarded("fallocate", || {
+        let r = self.guarded("fallocate", || {
             self.fs.fallocate(ino.0, fh.0, offset, length, mode)
         });
         reply_empty(reply, r)

@@ -10,6 +10,7 @@
 //! - [`mountpoint`], [`mountinfo`]: checks before mounting and the one mountinfo parser;
 //! - this file wires a vault, the chunk I/O engine and a transport into a mount.
 
+pub mod activity;
 pub mod cache;
 pub mod errno;
 mod fuser_adapter;
@@ -174,6 +175,8 @@ pub struct Mounted {
     pub stats: Option<Arc<uring::Stats>>,
     /// Why the io_uring transport is not in use, when it was not asked away.
     pub fallback_reason: Option<String>,
+    /// The file system (for `--idle`: its activity and open handles).
+    pub fs: Arc<Fs>,
 }
 
 impl Mounted {
@@ -216,6 +219,7 @@ pub fn mount(
             tuning: options.engine.tuning,
         },
     ));
+    let fs_handle = fs.clone();
     let ring_refused = match options.transport {
         TransportChoice::DevFuse => Some("--transport dev-fuse".to_string()),
         TransportChoice::Auto | TransportChoice::Uring => uring::unavailable_reason(),
@@ -270,6 +274,7 @@ pub fn mount(
             engine,
             stats: Some(stats),
             fallback_reason: None,
+            fs: fs_handle,
         });
     }
     let mut config = fuser::Config::default();
@@ -300,5 +305,6 @@ pub fn mount(
         engine,
         stats: None,
         fallback_reason: ring_refused.filter(|_| options.transport == TransportChoice::Auto),
+        fs: fs_handle,
     })
 }

@@ -495,6 +495,7 @@ impl Dispatcher {
         out: &mut [u8],
         defer: &mut dyn FnMut() -> Completion,
     ) -> Outcome {
+        self.fs.touch();
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.handle_inner(req, out, defer)
         })) {

@@ -98,6 +98,8 @@ pub struct Fs {
     /// Open directory handles: the listing snapshot each one reads from.
     dirs: Mutex<Slab<Arc<Vec<Listed>>>>,
     options: FsOptions,
+    /// When the last request came (every transport touches it).
+    activity: crate::activity::Activity,
 }
 
 impl Fs {
@@ -111,12 +113,29 @@ impl Fs {
             files: OpenFileTable::default(),
             dirs: Mutex::new(Slab::new()),
             options,
+            activity: crate::activity::Activity::default(),
         }
     }
 
     /// The settings.
     pub fn options(&self) -> &FsOptions {
         &self.options
+    }
+
+    /// A request arrived: the transports call this for each one.
+    #[inline]
+    pub fn touch(&self) {
+        self.activity.touch();
+    }
+
+    /// How long ago the last request arrived.
+    pub fn idle_for(&self) -> Duration {
+        self.activity.idle_for()
+    }
+
+    /// Open file and directory handles.
+    pub fn open_handles(&self) -> usize {
+        self.files.all().len() + self.dirs.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The lifetime of cached metadata.
