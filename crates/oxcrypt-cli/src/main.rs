@@ -4,6 +4,7 @@
 //! `commands.rs`, file transfer in `transfer.rs`, password handling in `password.rs`.
 
 mod commands;
+mod helper;
 mod mount;
 mod password;
 mod progress;
@@ -350,6 +351,18 @@ enum Command {
         /// The mountpoint.
         mountpoint: PathBuf,
     },
+    /// Make `mount(8)` and /etc/fstab able to mount vaults: link mount.oxcrypt and
+    /// mount.fuse.oxcrypt in DIR to this binary.
+    #[command(after_help = "Then an /etc/fstab line such as\n  \
+        /srv/vaults/photos  /mnt/photos  oxcrypt  passfile=/etc/oxcrypt/photos.pw,allow_other,noauto  0 0\n\
+        mounts with `mount /mnt/photos`. Options: ro, allow_other, passfile=FILE, extpass=CMD \
+        (no commas), transport=auto|uring|dev-fuse, idle=DURATION, threads=N, cache_ms=MS, \
+        ring_depth=N; mount(8)'s own (noauto, nofail, user, x-systemd.*, …) are accepted.")]
+    InstallHelpers {
+        /// Where mount(8) looks for helpers.
+        #[arg(long, value_name = "DIR", default_value = "/sbin")]
+        dir: PathBuf,
+    },
     /// Print a shell completion script to stdout.
     #[command(after_help = "Install, for example:\n  \
         oxcrypt completions bash > /etc/bash_completion.d/oxcrypt\n  \
@@ -410,7 +423,20 @@ fn harden_process() {
 
 fn main() -> ExitCode {
     harden_process();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match args.first() {
+        Some(argv0) if helper::invoked_as_helper(argv0) => {
+            match helper::translate(&args).map(Cli::try_parse_from) {
+                Ok(Ok(cli)) => cli,
+                Ok(Err(e)) => e.exit(),
+                Err(e) => {
+                    eprintln!("oxcrypt: {e:#}");
+                    return ExitCode::from(EXIT_ERROR);
+                }
+            }
+        }
+        _ => Cli::parse(),
+    };
     init_logging(cli.global.verbose);
     let result = run(cli);
     match result {
@@ -523,6 +549,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::InstallHelpers { dir } => {
+            for link in helper::install(&dir)? {
+                println!("{} -> this oxcrypt", link.display());
+            }
+            Ok(EXIT_OK)
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "oxcrypt", &mut std::io::stdout());

@@ -1664,3 +1664,89 @@ fn an_idle_mount_unmounts_itself_but_not_while_a_file_is_open() {
     let cat = cli(&["cat", m.vault.to_str().unwrap(), "/held"]);
     assert_eq!(cat.stdout, b"kept");
 }
+
+/// The helpers `oxcrypt install-helpers` puts in /sbin for the test, removed afterwards
+/// (they are global: another oxcrypt's helpers already there make the test skip).
+struct SbinHelpers {
+    installed: bool,
+}
+
+impl SbinHelpers {
+    fn install() -> Option<SbinHelpers> {
+        let ours = fs::canonicalize(bin()).unwrap();
+        for name in ["mount.oxcrypt", "mount.fuse.oxcrypt"] {
+            if let Ok(target) = fs::read_link(Path::new("/sbin").join(name)) {
+                if target != ours {
+                    return None;
+                }
+            }
+        }
+        let out = Command::new(bin()).arg("install-helpers").output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(SbinHelpers { installed: true })
+    }
+}
+
+impl Drop for SbinHelpers {
+    fn drop(&mut self) {
+        if self.installed {
+            for name in ["mount.oxcrypt", "mount.fuse.oxcrypt"] {
+                let _ = fs::remove_file(Path::new("/sbin").join(name));
+            }
+        }
+    }
+}
+
+/// Issue 12 point 1: an /etc/fstab line (here a temporary fstab, `mount -T FILE`) of type
+/// `oxcrypt` or `fuse.oxcrypt` mounts through `mount(8)` and unmounts through `umount`.
+#[test]
+fn fstab_lines_mount_through_mount_8() {
+    let Some(_helpers) = SbinHelpers::install() else {
+        eprintln!("skipped: another oxcrypt's mount helpers are in /sbin");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let pw = tmp.path().join("pw");
+    fs::write(&pw, format!("{PW}\n")).unwrap();
+    fs::set_permissions(&pw, fs::Permissions::from_mode(0o600)).unwrap();
+    for (i, fstype) in ["oxcrypt", "fuse.oxcrypt"].iter().enumerate() {
+        let mnt = tmp.path().join(format!("mnt{i}"));
+        fs::create_dir(&mnt).unwrap();
+        let fstab = tmp.path().join(format!("fstab{i}"));
+        fs::write(
+            &fstab,
+            format!(
+                "# test\n{} {} {fstype} passfile={},allow_other,noauto,nofail,idle=1h,x-systemd.automount 0 0\n",
+                vault.display(),
+                mnt.display(),
+                pw.display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new("mount")
+            .arg("-T")
+            .arg(&fstab)
+            .arg(&mnt)
+            .env_remove("OXCRYPT_PASSWORD")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_mounted(&mnt));
+        fs::write(mnt.join(format!("via-fstab-{i}")), b"fstab").unwrap();
+        let st = Command::new("umount").arg(&mnt).status().unwrap();
+        assert!(st.success());
+        assert!(!is_mounted(&mnt));
+        let cat = cli(&["cat", vault.to_str().unwrap(), &format!("/via-fstab-{i}")]);
+        assert_eq!(cat.stdout, b"fstab");
+    }
+}
