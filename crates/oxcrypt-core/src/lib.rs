@@ -12,6 +12,7 @@ pub mod check;
 pub mod chunk_io;
 pub mod chunks;
 pub mod config;
+mod conflicts;
 pub mod content;
 pub mod dir_cache;
 pub mod error;

@@ -59,6 +59,8 @@ pub struct Vault {
     pub(crate) content: Arc<ContentCryptor>,
     pub(crate) cache: DirIdCache,
     pub(crate) root: DirId,
+    /// Leave the ciphertext tree as it is (no sync-conflict resolution when listing).
+    read_only: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -127,6 +129,13 @@ impl Vault {
         }
     }
 
+    /// Never change the ciphertext tree on its own accord (a read-only mount): sync-conflict
+    /// copies stay hidden instead of being renamed when listed.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.read_only
+            .store(read_only, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn missing_config(path: &Path, e: std::io::Error) -> Error {
         let mk_path = path.join(MASTERKEY_FILE);
         match MasterkeyFile::load(&mk_path) {
@@ -148,6 +157,7 @@ impl Vault {
             keys,
             cache: DirIdCache::default(),
             root: Arc::from(""),
+            read_only: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -489,32 +499,74 @@ impl Vault {
             let is_dir = entry.file_type().at(&entry.path())?.is_dir();
             raw.push((file_name, is_dir));
         }
-        let one = |(file_name, is_dir): &(String, bool)| -> Result<Node> {
+        let one = |(file_name, is_dir): &(String, bool)| -> Option<Result<Node>> {
             let path = content_dir.join(file_name);
-            if file_name.ends_with(C9R) {
+            Some(if file_name.ends_with(C9R) {
                 match self.names.decrypt_name(dir, file_name) {
                     Some(name) => self.classify(name, path, false, *is_dir),
-                    None => Err(Error::BadName { path }),
+                    None => return self.resolve_conflict(dir, &content_dir, file_name, *is_dir),
                 }
             } else {
                 self.read_shortened(dir, path, *is_dir)
-            }
+            })
         };
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if raw.len() < PARALLEL_LISTING_MIN || threads < 2 {
-            return Ok(raw.iter().map(one).collect());
+            return Ok(raw.iter().filter_map(one).collect());
         }
         let per = raw.len().div_ceil(threads);
         Ok(std::thread::scope(|s| {
             let parts: Vec<_> = raw
                 .chunks(per)
-                .map(|part| s.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+                .map(|part| s.spawn(move || part.iter().filter_map(one).collect::<Vec<_>>()))
                 .collect();
             parts
                 .into_iter()
                 .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
                 .collect()
         }))
+    }
+
+    /// A `.c9r` entry whose name does not decrypt: a sync client's conflict copy is resolved
+    /// (see `conflicts.rs`) and listed under its new name, or dropped if it was a duplicate;
+    /// anything else is an undecryptable name.
+    fn resolve_conflict(
+        &self,
+        dir: &DirId,
+        content_dir: &Path,
+        file_name: &str,
+        is_dir: bool,
+    ) -> Option<Result<Node>> {
+        let path = content_dir.join(file_name);
+        let Some((canonical, clear)) = crate::conflicts::extract(&self.names, dir, file_name)
+        else {
+            return Some(Err(Error::BadName { path }));
+        };
+        if self.read_only.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(entry = %path.display(), "a sync-conflict copy stays hidden on a read-only mount");
+            return Some(Err(Error::BadName { path }));
+        }
+        let max_clear =
+            (self.config.shortening_threshold.saturating_sub(4) / 4 * 3).saturating_sub(16);
+        match crate::conflicts::resolve(
+            &self.names,
+            dir,
+            content_dir,
+            &path,
+            canonical,
+            &clear,
+            max_clear,
+        ) {
+            Ok(crate::conflicts::Resolved::Renamed(new_path, name)) => {
+                tracing::info!(from = %path.display(), to = %new_path.display(), "sync conflict resolved");
+                Some(self.classify(name, new_path, false, is_dir))
+            }
+            Ok(crate::conflicts::Resolved::Removed) => {
+                tracing::info!(entry = %path.display(), "duplicate sync-conflict copy removed");
+                None
+            }
+            Err(e) => Some(Err(Error::io(&path, e))),
+        }
     }
 
     fn read_shortened(&self, dir: &DirId, path: PathBuf, is_dir: bool) -> Result<Node> {

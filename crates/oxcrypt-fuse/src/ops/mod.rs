@@ -105,6 +105,7 @@ pub struct Fs {
 impl Fs {
     /// A file system over `vault`, doing content I/O on `engine`.
     pub fn new(vault: Arc<Vault>, engine: Arc<Engine>, options: FsOptions) -> Self {
+        vault.set_read_only(options.read_only);
         Fs {
             inodes: InodeTable::new(vault.root()),
             vault,
