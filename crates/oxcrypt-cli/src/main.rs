@@ -351,6 +351,12 @@ enum Command {
         /// The mountpoint.
         mountpoint: PathBuf,
     },
+    /// Upgrade a format-7 vault to format 8 as Cryptomator does (contents and names stay;
+    /// the old masterkey file is kept as masterkey.cryptomator.<hash>.bkup).
+    Migrate {
+        /// The vault directory.
+        vault: PathBuf,
+    },
     /// Make `mount(8)` and /etc/fstab able to mount vaults: link mount.oxcrypt and
     /// mount.fuse.oxcrypt in DIR to this binary.
     #[command(after_help = "Then an /etc/fstab line such as\n  \
@@ -549,6 +555,30 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             },
         ),
         Command::Umount { mountpoint } => mount::umount(&mountpoint),
+        Command::Migrate { vault } => {
+            match oxcrypt_core::migrate::detect_format(&vault) {
+                None => {
+                    oxcrypt_core::Vault::check_exists(&vault)
+                        .with_context(|| format!("cannot migrate {}", vault.display()))?;
+                    anyhow::bail!("{}: no vault here", vault.display())
+                }
+                Some(8) => anyhow::bail!("{}: already a format-8 vault", vault.display()),
+                Some(7) => {}
+                Some(v) => anyhow::bail!(
+                    "{}: vault format {v}; only format 7 is upgraded here (Cryptomator 1.6+ upgrades older ones)",
+                    vault.display()
+                ),
+            }
+            let pw = password::vault_password(g, false)?;
+            let done = oxcrypt_core::migrate::migrate_format7(&vault, &pw)
+                .with_context(|| format!("cannot migrate {}", vault.display()))?;
+            println!(
+                "{}: now vault format 8 (SIV_CTRMAC); the old masterkey file is kept as {}",
+                vault.display(),
+                done.backup.display()
+            );
+            Ok(EXIT_OK)
+        }
         Command::InstallHelpers { dir } => {
             for link in helper::install(&dir)? {
                 println!("{} -> this oxcrypt", link.display());

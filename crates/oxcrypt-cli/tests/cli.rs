@@ -502,3 +502,100 @@ fn extpass_runs_a_program_for_the_password_without_a_shell() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 12 point 7: the format-7 fixture (made by Cryptomator) is refused with a pointer to
+/// `oxcrypt migrate`, migrated, and then decrypts to its manifest through the format-8 code.
+#[test]
+fn a_format7_vault_is_migrated_and_reads_back_its_manifest() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/cs_format7");
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    let status = Command::new("cp")
+        .arg("-r")
+        .arg(fixture.join("vault"))
+        .arg(&vault)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
+            .args(args)
+            .env("OXCRYPT_PASSWORD", "testtest")
+            .output()
+            .unwrap()
+    };
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    for args in [vec!["ls", s(&vault)], vec!["mount", s(&vault), s(&mnt)]] {
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("format 7") && err.contains("oxcrypt migrate"),
+            "{args:?}: {err}"
+        );
+    }
+    let old_mk = fs::read(vault.join("masterkey.cryptomator")).unwrap();
+    let wrong = Command::new(env!("CARGO_BIN_EXE_oxcrypt"))
+        .args(["migrate", s(&vault)])
+        .env("OXCRYPT_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(3));
+    assert!(
+        !vault.join("vault.cryptomator").exists(),
+        "a wrong password changed the vault"
+    );
+    let out = run(&["migrate", s(&vault)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let backups: Vec<_> = fs::read_dir(&vault)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".bkup"))
+        .collect();
+    assert!(
+        backups.iter().any(|b| fs::read(b).unwrap() == old_mk),
+        "no backup of the old masterkey file"
+    );
+    // Now format 8: the format-8 code decrypts every file to the manifest's hash and size.
+    let v = Vault::open(&vault, "testtest").unwrap();
+    assert_eq!(
+        v.config().cipher_combo,
+        oxcrypt_core::CipherCombo::SivCtrMac
+    );
+    let out_dir = tmp.path().join("out");
+    let out = run(&["get", s(&vault), "/", s(&out_dir)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = fs::read_to_string(fixture.join("expected.manifest")).unwrap();
+    let mut files = 0;
+    for line in manifest.lines() {
+        let parts: Vec<&str> = line.splitn(4, ' ').collect();
+        if parts[0] != "f" {
+            continue;
+        }
+        let data = fs::read(out_dir.join(parts[3])).unwrap();
+        use sha2::Digest;
+        let hex: String = sha2::Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            (hex.as_str(), data.len().to_string()),
+            (parts[1], parts[2].to_string()),
+            "{}",
+            parts[3]
+        );
+        files += 1;
+    }
+    assert!(files >= 5);
+    let again = run(&["migrate", s(&vault)]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already a format-8 vault"));
+}

@@ -56,7 +56,7 @@ pub enum Error {
     )]
     BadSignature,
     /// The vault uses a format other than 8.
-    #[error("unsupported vault format {0}: oxcrypt reads and writes vault format 8 only (open the vault once in Cryptomator 1.6+ to upgrade it)")]
+    #[error("unsupported vault format {0}: oxcrypt reads and writes vault format 8 only (a format-7 vault is upgraded by `oxcrypt migrate VAULT`, older ones by Cryptomator 1.6+)")]
     UnsupportedFormat(u32),
     /// The vault's cipher combo is neither SIV_GCM nor SIV_CTRMAC.
     #[error("unsupported cipher combo {0:?}: only SIV_GCM and SIV_CTRMAC exist in format 8")]

@@ -22,6 +22,7 @@ pub mod fsutil;
 pub mod fuzzing;
 pub mod keys;
 pub mod masterkey_file;
+pub mod migrate;
 pub mod names;
 pub mod node;
 pub mod random;
