@@ -36,10 +36,24 @@ pub fn init(g: &Global, vault: &Path, cipher: CipherArg, scrypt_cost: u64) -> Re
     Ok(EXIT_OK)
 }
 
-pub fn info(g: &Global, path: &Path) -> Result<u8> {
+pub fn info(g: &Global, path: &Path, json: bool) -> Result<u8> {
     let v = unlock(g, path)?;
     let c = v.config();
-    let mk = oxcrypt_core::masterkey_file::MasterkeyFile::load(&path.join(&c.masterkey_file))?;
+    let mk = oxcrypt_core::masterkey_file::MasterkeyFile::load(&v.path().join(&c.masterkey_file))?;
+    if json {
+        let out = serde_json::json!({
+            "vault": v.path(),
+            "format": c.format,
+            "cipherCombo": c.cipher_combo.name(),
+            "shorteningThreshold": c.shortening_threshold,
+            "jti": c.jti,
+            "masterkeyFile": c.masterkey_file,
+            "scrypt": { "N": mk.scrypt_cost_param, "r": mk.scrypt_block_size, "p": 1 },
+            "signature": "valid",
+        });
+        println!("{out}");
+        return Ok(EXIT_OK);
+    }
     println!("vault:                {}", v.path().display());
     println!("format:               {}", c.format);
     println!("cipher combo:         {}", c.cipher_combo.name());
@@ -341,7 +355,7 @@ pub fn passwd(g: &Global, vault: &Path, new_password_file: Option<&Path>) -> Res
     Ok(EXIT_OK)
 }
 
-pub fn check(g: &Global, vault: &Path) -> Result<u8> {
+pub fn check(g: &Global, vault: &Path, json: bool) -> Result<u8> {
     let v = unlock(g, vault)?;
     let bar = crate::progress::progress_bar(None, "checking");
     let report = oxcrypt_core::check::check(&v, &mut |bytes| {
@@ -351,6 +365,40 @@ pub fn check(g: &Global, vault: &Path) -> Result<u8> {
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    let errors = report.errors();
+    let code = if errors > 0 {
+        crate::check_failed_code()
+    } else {
+        EXIT_OK
+    };
+    if json {
+        let problems: Vec<serde_json::Value> = report
+            .problems
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "severity": match p.severity {
+                        Severity::Error => "error",
+                        Severity::Warning => "warning",
+                    },
+                    "path": p.cleartext,
+                    "message": p.message,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "vault": vault,
+            "directories": report.dirs,
+            "files": report.files,
+            "symlinks": report.symlinks,
+            "bytes": report.bytes,
+            "errors": errors,
+            "warnings": report.problems.len() - errors,
+            "problems": problems,
+        });
+        println!("{out}");
+        return Ok(code);
     }
     for p in &report.problems {
         let level = match p.severity {
@@ -362,7 +410,6 @@ pub fn check(g: &Global, vault: &Path) -> Result<u8> {
             None => println!("{level}: {}", p.message),
         }
     }
-    let errors = report.errors();
     let summary = format!(
         "checked {} directories, {} files, {} symlinks, {} bytes: {} error(s), {} warning(s)",
         report.dirs,
@@ -377,9 +424,5 @@ pub fn check(g: &Global, vault: &Path) -> Result<u8> {
     } else {
         eprintln!("{summary}");
     }
-    Ok(if errors > 0 {
-        crate::check_failed_code()
-    } else {
-        EXIT_OK
-    })
+    Ok(code)
 }

@@ -159,6 +159,9 @@ enum Command {
     Info {
         /// The vault directory.
         vault: PathBuf,
+        /// One JSON object on stdout instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List a directory of the vault.
     Ls {
@@ -396,6 +399,9 @@ enum Command {
     Check {
         /// The vault directory.
         vault: PathBuf,
+        /// One JSON object on stdout instead of text: counts and every problem.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -475,7 +481,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             cipher,
             scrypt_cost,
         } => c::init(g, &vault, cipher, scrypt_cost),
-        Command::Info { vault } => c::info(g, &vault),
+        Command::Info { vault, json } => c::info(g, &vault, json),
         Command::Ls {
             vault,
             path,
@@ -508,7 +514,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             vault,
             new_password_file,
         } => c::passwd(g, &vault, new_password_file.as_deref()),
-        Command::Check { vault } => c::check(g, &vault),
+        Command::Check { vault, json } => c::check(g, &vault, json),
         Command::Mount {
             vault,
             mountpoint,

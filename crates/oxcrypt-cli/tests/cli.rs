@@ -599,3 +599,38 @@ fn a_format7_vault_is_migrated_and_reads_back_its_manifest() {
     let again = run(&["migrate", s(&vault)]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("already a format-8 vault"));
 }
+
+/// Issue 12 point 5 (the output part): `info --json` and `check --json` print one JSON object
+/// with the same facts as the text, and `check` keeps its exit status.
+#[test]
+fn info_and_check_speak_json() {
+    let f = new_vault("SIV_CTRMAC");
+    let info: serde_json::Value =
+        serde_json::from_str(&ok(&["info", "--json", s(&f.vault)])).unwrap();
+    assert_eq!(info["format"], 8);
+    assert_eq!(info["cipherCombo"], "SIV_CTRMAC");
+    assert_eq!(info["shorteningThreshold"], 220);
+    let check: serde_json::Value =
+        serde_json::from_str(&ok(&["check", "--json", s(&f.vault)])).unwrap();
+    assert_eq!(check["errors"], 0);
+    assert!(check["problems"].as_array().unwrap().is_empty());
+    // A junk entry: one error, exit status 4, still one JSON object.
+    let content = fs::read_dir(f.vault.join("d"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let content = fs::read_dir(content)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    fs::write(content.join("junk.c9r"), b"x").unwrap();
+    let out = oxcrypt(&["check", "--json", s(&f.vault)]);
+    assert_eq!(out.status.code(), Some(4));
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(check["errors"], 1);
+    assert_eq!(check["problems"][0]["severity"], "error");
+}
