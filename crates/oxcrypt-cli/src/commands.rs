@@ -355,16 +355,36 @@ pub fn passwd(g: &Global, vault: &Path, new_password_file: Option<&Path>) -> Res
     Ok(EXIT_OK)
 }
 
-pub fn check(g: &Global, vault: &Path, json: bool) -> Result<u8> {
+pub fn check(g: &Global, vault: &Path, json: bool, repair: bool) -> Result<u8> {
     let v = unlock(g, vault)?;
-    let bar = crate::progress::progress_bar(None, "checking");
-    let report = oxcrypt_core::check::check(&v, &mut |bytes| {
-        if let Some(b) = &bar {
-            b.set_position(bytes);
+    let run_check = || -> Result<oxcrypt_core::check::CheckReport> {
+        let bar = crate::progress::progress_bar(None, "checking");
+        let report = oxcrypt_core::check::check(&v, &mut |bytes| {
+            if let Some(b) = &bar {
+                b.set_position(bytes);
+            }
+        })?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
         }
-    })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
+        Ok(report)
+    };
+    let mut report = run_check()?;
+    let mut repaired = Vec::new();
+    if repair {
+        repaired = oxcrypt_core::check::repair(&v, &report)?;
+        for line in &repaired {
+            if !json {
+                println!("repaired: {line}");
+            }
+        }
+        if repaired.is_empty() {
+            if !json {
+                println!("nothing to repair");
+            }
+        } else {
+            report = run_check()?;
+        }
     }
     let errors = report.errors();
     let code = if errors > 0 {
@@ -384,6 +404,7 @@ pub fn check(g: &Global, vault: &Path, json: bool) -> Result<u8> {
                     },
                     "path": p.cleartext,
                     "message": p.message,
+                    "repairable": p.fix.is_some(),
                 })
             })
             .collect();
@@ -396,6 +417,7 @@ pub fn check(g: &Global, vault: &Path, json: bool) -> Result<u8> {
             "errors": errors,
             "warnings": report.problems.len() - errors,
             "problems": problems,
+            "repaired": repaired,
         });
         println!("{out}");
         return Ok(code);

@@ -402,6 +402,12 @@ enum Command {
         /// One JSON object on stdout instead of text: counts and every problem.
         #[arg(long)]
         json: bool,
+        /// Fix what can be fixed without guessing: write missing dirid.c9r backups, give
+        /// sync-conflict copies their own names, rename unreadable entries aside (to a hidden
+        /// `.unreadable.` name beside them). Says what it did, then checks again. A vault
+        /// the check finds sound is not touched.
+        #[arg(long)]
+        repair: bool,
     },
 }
 
@@ -514,7 +520,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             vault,
             new_password_file,
         } => c::passwd(g, &vault, new_password_file.as_deref()),
-        Command::Check { vault, json } => c::check(g, &vault, json),
+        Command::Check {
+            vault,
+            json,
+            repair,
+        } => c::check(g, &vault, json, repair),
         Command::Mount {
             vault,
             mountpoint,

@@ -634,3 +634,88 @@ fn info_and_check_speak_json() {
     assert_eq!(check["errors"], 1);
     assert_eq!(check["problems"][0]["severity"], "error");
 }
+
+/// Every file under `dir` with its size and modification time: a snapshot to show that
+/// nothing changed.
+fn tree_snapshot(dir: &Path) -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+            out.push((e.path(), md.len(), md.modified().unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Issue 12 point 5: `check --repair` fixes what needs no guessing, says what it did, and
+/// leaves a sound vault alone.
+#[test]
+fn check_repair_fixes_what_needs_no_guessing_and_leaves_a_sound_vault_alone() {
+    let f = new_vault("SIV_GCM");
+    ok(&["mkdir", s(&f.vault), "/sub"]);
+    let src = f.work.join("a.txt");
+    fs::write(&src, b"alpha").unwrap();
+    ok(&["put", s(&f.vault), s(&src), "/sub/a.txt"]);
+    fs::write(&src, b"beta").unwrap();
+    ok(&["put", s(&f.vault), s(&src), "/sub/b.txt"]);
+    // Sound: nothing to repair, nothing touched.
+    let before = tree_snapshot(&f.vault);
+    let out = ok(&["check", "--repair", s(&f.vault)]);
+    assert!(out.contains("nothing to repair"), "{out}");
+    assert_eq!(tree_snapshot(&f.vault), before);
+    // Break it three ways: a lost dirid.c9r, a junk name, a sync-conflict copy.
+    let v = Vault::open(&f.vault, PW).unwrap();
+    let sub = v.resolve("/sub").unwrap();
+    let sub_id = sub.dir_id().unwrap().clone();
+    let content = v.content_dir(&sub_id);
+    fs::remove_file(content.join("dirid.c9r")).unwrap();
+    fs::write(content.join("junk.c9r"), b"junk").unwrap();
+    let b = v.lookup(&sub_id, "b.txt").unwrap().unwrap().entry;
+    let a = v.lookup(&sub_id, "a.txt").unwrap().unwrap().entry;
+    let copy = a.with_file_name(format!(
+        "{} (1).c9r",
+        a.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .strip_suffix(".c9r")
+            .unwrap()
+    ));
+    fs::rename(&b, &copy).unwrap();
+    drop(v);
+    let out = oxcrypt(&["check", s(&f.vault)]);
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no dirid.c9r") && text.contains("conflict copy"),
+        "{text}"
+    );
+    assert!(copy.exists(), "check alone renamed the conflict copy");
+    let out = ok(&["check", "--repair", s(&f.vault)]);
+    assert!(out.contains("repaired: wrote the missing"), "{out}");
+    assert!(out.contains("repaired: set aside the unreadable"), "{out}");
+    assert!(
+        out.contains("repaired: resolved the sync conflicts"),
+        "{out}"
+    );
+    assert!(content.join("dirid.c9r").exists());
+    assert!(content.join(".unreadable.junk.c9r").exists());
+    assert!(!copy.exists());
+    // Clean now, and the conflict copy reads back under its new name.
+    let again = oxcrypt(&["check", "--json", s(&f.vault)]);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(ok(&["cat", s(&f.vault), "/sub/a (1).txt"]), "beta");
+    assert_eq!(ok(&["cat", s(&f.vault), "/sub/a.txt"]), "alpha");
+}

@@ -26,7 +26,24 @@ pub struct Problem {
     pub cleartext: Option<String>,
     /// What is wrong, naming the ciphertext path.
     pub message: String,
+    /// What `check --repair` does about it, if it can do something without guessing.
+    pub fix: Option<Fix>,
 }
+
+/// A repair [`repair`] can make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    /// Write the missing `dirid.c9r` backup of this directory.
+    WriteDirIdBackup(DirId),
+    /// Rename an entry whose name does not decrypt aside, to a hidden name beside it
+    /// (`.unreadable.<name>`), which neither oxcrypt nor Cryptomator lists.
+    SetAside(PathBuf),
+    /// Resolve the sync-conflict copies of this directory (list it writable).
+    ResolveConflicts(DirId),
+}
+
+/// Prefix of entries [`Fix::SetAside`] renamed aside.
+pub const ASIDE_PREFIX: &str = ".unreadable.";
 
 /// The outcome of [`check`].
 #[derive(Debug, Default)]
@@ -57,6 +74,7 @@ impl CheckReport {
             severity: Severity::Error,
             cleartext: cleartext.map(String::from),
             message: e.to_string(),
+            fix: None,
         });
     }
 }
@@ -64,6 +82,8 @@ impl CheckReport {
 /// Verifies the whole vault. `progress` is called with the number of cleartext bytes
 /// authenticated so far.
 pub fn check(vault: &Vault, progress: &mut dyn FnMut(u64)) -> Result<CheckReport> {
+    // A check reads; conflict copies are reported (and resolved by `repair`), not renamed.
+    vault.set_read_only(true);
     let mut report = CheckReport::default();
     let mut visited: HashSet<PathBuf> = HashSet::new();
     let root = vault.root_id().clone();
@@ -93,6 +113,15 @@ fn check_dir(
     }
     report.dirs += 1;
     match vault.read_dirid_backup(id) {
+        Ok(None) => report.problems.push(Problem {
+            severity: Severity::Warning,
+            cleartext: Some(path.to_string()),
+            message: format!(
+                "{}: no dirid.c9r backup (made by Cryptomator before 1.7, or lost)",
+                content_dir.display()
+            ),
+            fix: Some(Fix::WriteDirIdBackup(id.clone())),
+        }),
         Ok(Some(backup)) if backup != **id => report.error(
             Some(path),
             format!(
@@ -115,6 +144,21 @@ fn check_dir(
     for entry in entries {
         match entry {
             Ok(node) => nodes.push(node),
+            Err(Error::ConflictCopy { path: copy }) => report.problems.push(Problem {
+                severity: Severity::Warning,
+                cleartext: Some(path.to_string()),
+                message: format!(
+                    "{}: a sync client's conflict copy, not yet given its own name",
+                    copy.display()
+                ),
+                fix: Some(Fix::ResolveConflicts(id.clone())),
+            }),
+            Err(Error::BadName { path: bad }) => report.problems.push(Problem {
+                severity: Severity::Error,
+                cleartext: None,
+                message: Error::BadName { path: bad.clone() }.to_string(),
+                fix: Some(Fix::SetAside(bad)),
+            }),
             Err(e) => report.error(None, e),
         }
     }
@@ -205,6 +249,52 @@ fn check_file(
     Ok(())
 }
 
+/// Applies the fixes of `report` (its problems without a fix are left for a person), and
+/// returns one line per change made. A sound report changes nothing.
+pub fn repair(vault: &Vault, report: &CheckReport) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let mut conflict_dirs: Vec<&DirId> = Vec::new();
+    for fix in report.problems.iter().filter_map(|p| p.fix.as_ref()) {
+        match fix {
+            Fix::WriteDirIdBackup(id) => {
+                let p = vault.write_dirid_backup(id)?;
+                done.push(format!("wrote the missing {}", p.display()));
+            }
+            Fix::SetAside(path) => {
+                // A shortened node's unreadable name.c9s: the whole node goes aside.
+                let path = match path.file_name() {
+                    Some(n) if n == NAME_FILE => path.parent().unwrap_or(path),
+                    _ => path.as_path(),
+                };
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let to = path.with_file_name(format!("{ASIDE_PREFIX}{name}"));
+                crate::fsutil::rename_noreplace(path, &to).map_err(|e| Error::io(path, e))?;
+                done.push(format!(
+                    "set aside the unreadable {} as {}",
+                    path.display(),
+                    to.display()
+                ));
+            }
+            Fix::ResolveConflicts(id) if !conflict_dirs.contains(&id) => {
+                conflict_dirs.push(id);
+                vault.set_read_only(false);
+                let r = vault.list(id);
+                vault.set_read_only(true);
+                r?;
+                done.push(format!(
+                    "resolved the sync conflicts in {}",
+                    vault.content_dir(id).display()
+                ));
+            }
+            Fix::ResolveConflicts(_) => {}
+        }
+    }
+    Ok(done)
+}
+
 /// Hidden temporary entries (`.oxcrypt-…`) left in a content directory by a change that was
 /// interrupted (a crash, a kill -9): reported, never listed.
 fn find_leftovers(content_dir: &std::path::Path, path: &str, report: &mut CheckReport) {
@@ -223,6 +313,7 @@ fn find_leftovers(content_dir: &std::path::Path, path: &str, report: &mut CheckR
                     "{}: leftover of an interrupted change (safe to delete)",
                     e.path().display()
                 ),
+                fix: None,
             });
         }
     }
@@ -247,6 +338,7 @@ fn find_orphans(vault: &Vault, visited: &HashSet<PathBuf>, report: &mut CheckRep
                         "{}: orphan content directory (no dir.c9r points to it)",
                         p.display()
                     ),
+                    fix: None,
                 });
             }
         }

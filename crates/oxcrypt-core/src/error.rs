@@ -86,6 +86,12 @@ pub enum Error {
         /// The ciphertext node.
         path: PathBuf,
     },
+    /// A sync client's conflict copy that was not resolved (a read-only vault).
+    #[error("{path}: a sync-conflict copy, hidden until the vault is listed writable")]
+    ConflictCopy {
+        /// The ciphertext node.
+        path: PathBuf,
+    },
     /// A node in the vault is structurally broken (e.g. a directory without `dir.c9r`).
     #[error("{path}: broken node: {why}")]
     BrokenNode {

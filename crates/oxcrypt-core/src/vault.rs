@@ -262,8 +262,19 @@ impl Vault {
     pub(crate) fn create_content_dir(&self, dir_id: &DirId) -> Result<PathBuf> {
         let dir = self.content_dir(dir_id);
         fault::create_dir_all(&dir).at(&dir)?;
-        // Like cryptofs ≥ 2.4.2 / cryptolib ≥ 2.2.1: the backup always ends with a chunk, an
-        // empty one for the root.
+        let backup = self.dirid_backup_bytes(dir_id);
+        let backup_path = dir.join(DIRID_FILE);
+        if let Err(e) = fault::write(&backup_path, &backup) {
+            // No orphan content directory from a failed mkdir (a full disk, say).
+            let _ = fault::remove_dir_all(&dir);
+            return Err(Error::io(&backup_path, e));
+        }
+        Ok(dir)
+    }
+
+    /// The encrypted `dirid.c9r` of `dir_id`. Like cryptofs ≥ 2.4.2 / cryptolib ≥ 2.2.1, the
+    /// backup always ends with a chunk, an empty one for the root.
+    fn dirid_backup_bytes(&self, dir_id: &DirId) -> Vec<u8> {
         let mut backup = self.content.encrypt_small(dir_id.as_bytes());
         if dir_id.is_empty() {
             let header = self
@@ -274,13 +285,15 @@ impl Vault {
             self.content.encrypt_chunk(&header, 0, &[], &mut chunk);
             backup.extend_from_slice(&chunk);
         }
-        let backup_path = dir.join(DIRID_FILE);
-        if let Err(e) = fault::write(&backup_path, &backup) {
-            // No orphan content directory from a failed mkdir (a full disk, say).
-            let _ = fault::remove_dir_all(&dir);
-            return Err(Error::io(&backup_path, e));
-        }
-        Ok(dir)
+        backup
+    }
+
+    /// Writes the missing `dirid.c9r` backup of `dir_id` (atomically: a temporary name, fsync,
+    /// rename); `check --repair` uses it.
+    pub fn write_dirid_backup(&self, dir_id: &DirId) -> Result<PathBuf> {
+        let path = self.content_dir(dir_id).join(DIRID_FILE);
+        crate::fsutil::write_atomic(&path, &self.dirid_backup_bytes(dir_id), 0o644)?;
+        Ok(path)
     }
 
     /// The entry path a name would have in `parent`, and whether it is shortened.
@@ -543,8 +556,7 @@ impl Vault {
             return Some(Err(Error::BadName { path }));
         };
         if self.read_only.load(std::sync::atomic::Ordering::Relaxed) {
-            tracing::warn!(entry = %path.display(), "a sync-conflict copy stays hidden on a read-only mount");
-            return Some(Err(Error::BadName { path }));
+            return Some(Err(Error::ConflictCopy { path }));
         }
         let max_clear =
             (self.config.shortening_threshold.saturating_sub(4) / 4 * 3).saturating_sub(16);
