@@ -719,3 +719,39 @@ fn check_repair_fixes_what_needs_no_guessing_and_leaves_a_sound_vault_alone() {
     assert_eq!(ok(&["cat", s(&f.vault), "/sub/a (1).txt"]), "beta");
     assert_eq!(ok(&["cat", s(&f.vault), "/sub/a.txt"]), "alpha");
 }
+
+/// `check --repair` recovers the files of a directory whose `dir.c9r` was lost: its content
+/// directory is an orphan whose `dirid.c9r` still names it, so it gets a new directory node
+/// under `/oxcrypt-recovered/`; the broken node is set aside.
+#[test]
+fn check_repair_recovers_a_directory_that_lost_its_dir_c9r() {
+    let f = new_vault("SIV_GCM");
+    ok(&["mkdir", s(&f.vault), "/photos"]);
+    let src = f.work.join("p.jpg");
+    fs::write(&src, b"jpeg bytes").unwrap();
+    ok(&["put", s(&f.vault), s(&src), "/photos/p.jpg"]);
+    let v = Vault::open(&f.vault, PW).unwrap();
+    let node = v.resolve("/photos").unwrap();
+    let id = node.dir_id().unwrap().clone();
+    fs::remove_file(node.entry.join("dir.c9r")).unwrap();
+    drop(v);
+    let out = oxcrypt(&["check", s(&f.vault)]);
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("orphan content directory") && text.contains("can be recovered"),
+        "{text}"
+    );
+    let out = ok(&["check", "--repair", s(&f.vault)]);
+    assert!(out.contains("recovered the orphan"), "{out}");
+    let short: String = id.chars().take(8).collect();
+    let recovered = format!("/oxcrypt-recovered/orphan-{short}/p.jpg");
+    assert_eq!(ok(&["cat", s(&f.vault), &recovered]), "jpeg bytes");
+    let again = oxcrypt(&["check", s(&f.vault)]);
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+}

@@ -40,7 +40,13 @@ pub enum Fix {
     SetAside(PathBuf),
     /// Resolve the sync-conflict copies of this directory (list it writable).
     ResolveConflicts(DirId),
+    /// Give an orphan content directory (its `dirid.c9r` names it) a directory node under
+    /// `/oxcrypt-recovered/`, so its files show again.
+    RecoverOrphan(DirId),
 }
+
+/// The folder in the vault's root where [`Fix::RecoverOrphan`] puts orphans.
+pub const RECOVERY_DIR: &str = "oxcrypt-recovered";
 
 /// Prefix of entries [`Fix::SetAside`] renamed aside.
 pub const ASIDE_PREFIX: &str = ".unreadable.";
@@ -159,6 +165,22 @@ fn check_dir(
                 message: Error::BadName { path: bad.clone() }.to_string(),
                 fix: Some(Fix::SetAside(bad)),
             }),
+            // A directory node that lost its dir.c9r holds nothing readable (its files live
+            // on in the content directory, now an orphan, recovered below): set aside.
+            Err(Error::BrokenNode { path: node, why })
+                if why.starts_with("directory node without") =>
+            {
+                report.problems.push(Problem {
+                    severity: Severity::Error,
+                    cleartext: None,
+                    message: Error::BrokenNode {
+                        path: node.clone(),
+                        why,
+                    }
+                    .to_string(),
+                    fix: Some(Fix::SetAside(node)),
+                })
+            }
             Err(e) => report.error(None, e),
         }
     }
@@ -290,6 +312,28 @@ pub fn repair(vault: &Vault, report: &CheckReport) -> Result<Vec<String>> {
                 ));
             }
             Fix::ResolveConflicts(_) => {}
+            Fix::RecoverOrphan(id) => {
+                let root = vault.root_id().clone();
+                let folder = match vault.lookup(&root, RECOVERY_DIR)? {
+                    Some(n) => n,
+                    None => vault.mkdir(&root, RECOVERY_DIR, 0o700)?,
+                };
+                let folder_id = folder.dir_id().cloned().ok_or_else(|| {
+                    Error::Invalid(format!("/{RECOVERY_DIR} exists and is not a directory"))
+                })?;
+                let short: String = id.chars().take(8).collect();
+                let mut name = format!("orphan-{short}");
+                let mut n = 1;
+                while vault.lookup(&folder_id, &name)?.is_some() {
+                    n += 1;
+                    name = format!("orphan-{short} ({n})");
+                }
+                vault.adopt_dir(&folder_id, &name, id)?;
+                done.push(format!(
+                    "recovered the orphan {} as /{RECOVERY_DIR}/{name}",
+                    vault.content_dir(id).display()
+                ));
+            }
         }
     }
     Ok(done)
@@ -331,14 +375,31 @@ fn find_orphans(vault: &Vault, visited: &HashSet<PathBuf>, report: &mut CheckRep
         for l2 in level2.flatten() {
             let p = l2.path();
             if p.is_dir() && !visited.contains(&p) {
+                // Recoverable when its dirid.c9r names it and it holds something.
+                let holds_entries = std::fs::read_dir(&p).is_ok_and(|rd| {
+                    rd.flatten().any(|e| {
+                        let n = e.file_name();
+                        let n = n.to_string_lossy();
+                        !n.starts_with('.') && n != crate::node::DIRID_FILE
+                    })
+                });
+                let fix = match vault.dirid_of_content_dir(&p) {
+                    Ok(Some(id)) if holds_entries => Some(Fix::RecoverOrphan(id)),
+                    _ => None,
+                };
                 report.problems.push(Problem {
                     severity: Severity::Warning,
                     cleartext: None,
                     message: format!(
-                        "{}: orphan content directory (no dir.c9r points to it)",
-                        p.display()
+                        "{}: orphan content directory (no dir.c9r points to it){}",
+                        p.display(),
+                        if fix.is_some() {
+                            "; its dirid.c9r names it, so its files can be recovered"
+                        } else {
+                            ""
+                        }
                     ),
-                    fix: None,
+                    fix,
                 });
             }
         }

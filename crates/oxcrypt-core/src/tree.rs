@@ -183,6 +183,28 @@ impl Vault {
         })
     }
 
+    /// Creates directory node `name` in `parent` for the existing content directory of `id`
+    /// (an orphan whose `dir.c9r` was lost): its entries, encrypted under `id`, show up below
+    /// the new name without being moved. All-or-nothing like [`mkdir`](Self::mkdir).
+    pub fn adopt_dir(&self, parent: &DirId, name: &str, id: &DirId) -> Result<Node> {
+        let name = normalize_name(name)?;
+        let (entry, shortened, c9r) = self.entry_for(parent, &name);
+        self.ensure_absent(&entry, &name)?;
+        self.build_entry(&entry, shortened.then_some(c9r.as_str()), &name, |tmp| {
+            let dir_file = tmp.join(DIR_FILE);
+            fault::write(&dir_file, id.as_bytes()).at(&dir_file)
+        })?;
+        self.cache
+            .put_child(parent.clone(), name.clone(), id.clone());
+        self.cache.subdirs_changed(parent, 1);
+        Ok(Node {
+            name,
+            kind: NodeKind::Directory(id.clone()),
+            entry,
+            shortened,
+        })
+    }
+
     /// Creates symlink `name` in `parent` pointing to `target`. A failure at any step leaves
     /// no name behind.
     pub fn symlink(&self, parent: &DirId, name: &str, target: &str) -> Result<Node> {

@@ -742,7 +742,21 @@ impl Vault {
 
     /// Reads and verifies a directory's `dirid.c9r` backup; `Ok(None)` if there is none.
     pub fn read_dirid_backup(&self, dir: &DirId) -> Result<Option<String>> {
-        let path = self.content_dir(dir).join(DIRID_FILE);
+        self.read_dirid_in(&self.content_dir(dir))
+    }
+
+    /// The directory id an (orphan) content directory's `dirid.c9r` names, if that id does
+    /// hash to this very content directory; `Ok(None)` without a usable backup.
+    pub fn dirid_of_content_dir(&self, content_dir: &Path) -> Result<Option<DirId>> {
+        let Some(id) = self.read_dirid_in(content_dir)? else {
+            return Ok(None);
+        };
+        let id: DirId = Arc::from(id);
+        Ok((self.content_dir(&id) == content_dir).then_some(id))
+    }
+
+    fn read_dirid_in(&self, content_dir: &Path) -> Result<Option<String>> {
+        let path = content_dir.join(DIRID_FILE);
         let data = match store::read_bounded(&path, DIRID_LIMIT) {
             Ok(d) => d,
             Err(Error::Io { source, .. }) if is_not_found(&source) => return Ok(None),
