@@ -5,23 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v fsx >/dev/null || cargo install fsx --version 0.3.2 --locked
-cargo build --release --locked -p oxcrypt-cli
-bin="$PWD/target/release/oxcrypt"
-work=$(mktemp -d)
-mnt="$work/mnt"
-mkdir "$mnt"
-export OXCRYPT_PASSWORD=fsx
-cleanup() {
-  "$bin" umount "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
-  [ -n "${pid:-}" ] && wait "$pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-"$bin" init "$work/vault" --scrypt-cost 1024 >/dev/null 2>&1
-"$bin" mount "$work/vault" "$mnt" --stats &
-pid=$!
-for _ in $(seq 100); do mountpoint -q "$mnt" && break; sleep 0.1; done
-mountpoint -q "$mnt"
+# shellcheck source=ci/mount-lib.sh
+source ci/mount-lib.sh
 ops=${FSX_OPS:-20000}
 if fsx -N "$ops" -S 1 -P "$work" "$mnt/fsx.bin" > "$work/fsx.log" 2>&1; then
   tail -2 "$work/fsx.log"

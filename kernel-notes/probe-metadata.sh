@@ -24,18 +24,6 @@ for i in range(n): os.unlink(f"{mnt}/s/d{i%30}/f{i}")
 delete = time.time() - t
 print(f"create {create/n*1e6:.1f} us  stat(cold) {stat/n*1e6:.1f} us  delete {delete/n*1e6:.1f} us")
 PY
-for t in "$@"; do
-  w=$(mktemp -d); mkdir $w/v $w/mnt
-  case $t in
-    securefs) securefs create --format 4 --pass pw $w/v >/dev/null 2>&1
-              securefs mount --pass pw $w/v $w/mnt >/dev/null 2>&1 & sleep 1 ;;
-    gocryptfs) echo pw > $w/pw; gocryptfs -init -passfile $w/pw $w/v >/dev/null 2>&1
-               gocryptfs -passfile $w/pw $w/v $w/mnt >/dev/null 2>&1 ;;
-    plain) ;;
-    *) rmdir $w/v; $BIN init $w/v --scrypt-cost 1024 >/dev/null 2>&1
-       $BIN mount $w/v $w/mnt --transport "$t" --daemon 2>/dev/null ;;
-  esac
-  echo -n "$t: "; python3 /tmp/oxcrypt-statbench.py $w/mnt
-  [ "$t" = plain ] || { umount $w/mnt; sleep 0.5; }
-  rm -rf $w
-done
+# shellcheck source=kernel-notes/targets.sh
+source "$(dirname "$0")/targets.sh"
+for_each_target /tmp/oxcrypt-statbench.py "$@"

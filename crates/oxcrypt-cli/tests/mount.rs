@@ -107,6 +107,16 @@ fn cli(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A temp dir with a fresh vault (`vault`) and an empty mountpoint directory (`mnt`).
+fn vault_and_mountpoint() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let mnt = tmp.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    (tmp, vault, mnt)
+}
+
 fn init_vault(vault: &Path) {
     let out = cli(&["init", vault.to_str().unwrap(), "--scrypt-cost", "16"]);
     assert!(
@@ -1411,11 +1421,7 @@ fn without_the_ring_the_mount_falls_back_with_one_clear_line() {
         return;
     }
     // `uring` asked for: a clear refusal that says how to turn it on.
-    let tmp = tempfile::tempdir().unwrap();
-    let vault = tmp.path().join("vault");
-    init_vault(&vault);
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (_tmp, vault, mnt) = vault_and_mountpoint();
     let out = Command::new(bin())
         .args([
             "mount",
@@ -1456,11 +1462,7 @@ fn io_uring_stays_in_use_under_the_default_memlock_limit() {
         eprintln!("skipped: setpriv (util-linux) is missing");
         return;
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let vault = tmp.path().join("vault");
-    init_vault(&vault);
-    let mnt = tmp.path().join("mnt");
-    fs::create_dir(&mnt).unwrap();
+    let (_tmp, vault, mnt) = vault_and_mountpoint();
     let limit = 8 << 20;
     let mut child = Command::new("setpriv")
         .args(["--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--"])

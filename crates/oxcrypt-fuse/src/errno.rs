@@ -53,3 +53,13 @@ impl From<Error> for Errno {
 
 /// Result of an operation.
 pub type OpResult<T> = Result<T, Errno>;
+
+/// The message of a caught panic (`&str` or `String` payloads), for the one log line that
+/// answers a panicking request with EIO.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}

@@ -47,11 +47,7 @@ fn guarded<T>(op: &'static str, f: impl FnOnce() -> OpResult<T>) -> OpResult<T> 
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
-            let what = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = crate::errno::panic_message(&*p);
             tracing::error!(op, panic = %what, "a request handler panicked; answered EIO");
             Err(Errno::EIO)
         }

@@ -501,11 +501,7 @@ impl Dispatcher {
         })) {
             Ok(o) => o,
             Err(p) => {
-                let what = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let what = crate::errno::panic_message(&*p);
                 tracing::error!(op = %op_name(req.opcode), panic = %what, "a request handler panicked; answered EIO");
                 match req.opcode {
                     op::FORGET | op::BATCH_FORGET | op::INTERRUPT => Outcome::None,
