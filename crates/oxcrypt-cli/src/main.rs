@@ -324,8 +324,9 @@ enum Command {
         /// Kernel read-ahead of the mount in KiB.
         #[arg(long, default_value_t = 1024, value_name = "KIB")]
         read_ahead_kb: u32,
-        /// Let the kernel cache writes (FUSE writeback cache; see kernel-notes/).
-        #[arg(long, hide = true)]
+        /// Let the kernel cache writes (FUSE writeback cache; see kernel-notes/). Not yet
+        /// correct for changes made behind the mount's back (issue 11).
+        #[arg(long, hide = true, env = "OXCRYPT_WRITEBACK_CACHE")]
         writeback_cache: bool,
         /// How FUSE requests travel: `uring` (FUSE-over-io_uring, Linux 6.14+, root, and
         /// /sys/module/fuse/parameters/enable_uring set to Y), `dev-fuse` (read/write on
