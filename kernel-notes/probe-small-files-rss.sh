@@ -1,7 +1,7 @@
 #!/bin/bash
 # Peak and final RSS of the ring-transport daemon over 10,000 4 KiB files (create, cold stat,
 # read, delete), per variant "label|ENV=…"; B=binary. Run under ci/with-enable-uring.sh.
-B=${B:-/work/main/target/release/oxcrypt}
+B=${B:-$(dirname "$0")/../target/release/oxcrypt}
 export OXCRYPT_PASSWORD=pw
 for spec in "$@"; do
   IFS='|' read label env <<< "$spec"
