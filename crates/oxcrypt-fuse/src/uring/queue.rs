@@ -376,9 +376,9 @@ impl Queue {
         let may_block = matches!(opcode, wire::op::READ | wire::op::WRITE);
         let arg = &self.entries[i].header[OP_IN_AT..];
         // Truncates and fallocates wait for the worker that runs them: straight to the pool.
-        // So do large READs: read-ahead sends them from the reader's CPU, so they all land
-        // on one queue, where decrypting them one after another would leave the other cores
-        // idle; the pool spreads them.
+        // So do large READs: read-ahead sends several at once, and a queue decrypting them
+        // one after another leaves the other cores idle; the pool spreads them (1 GiB cold
+        // read 1.3-1.6 -> 1.6-1.9 GB/s, kernel-notes).
         let blocks = opcode == wire::op::FALLOCATE
             || (opcode == wire::op::SETATTR && wire::u32_at(arg, 0) & wire::FATTR_SIZE != 0)
             || (opcode == wire::op::READ && wire::u32_at(arg, 16) >= self.offload_read_min);
