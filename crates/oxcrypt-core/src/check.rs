@@ -89,13 +89,14 @@ impl CheckReport {
 /// authenticated so far.
 pub fn check(vault: &Vault, progress: &mut dyn FnMut(u64)) -> Result<CheckReport> {
     // A check reads; conflict copies are reported (and resolved by `repair`), not renamed.
-    vault.set_read_only(true);
+    let was_read_only = vault.set_read_only(true);
     let mut report = CheckReport::default();
     let mut visited: HashSet<PathBuf> = HashSet::new();
     let root = vault.root_id().clone();
-    check_dir(vault, &root, "/", &mut report, &mut visited, progress)?;
-    find_orphans(vault, &visited, &mut report)?;
-    Ok(report)
+    let walked = check_dir(vault, &root, "/", &mut report, &mut visited, progress)
+        .and_then(|()| find_orphans(vault, &visited, &mut report));
+    vault.set_read_only(was_read_only);
+    walked.map(|()| report)
 }
 
 fn check_dir(
@@ -293,7 +294,7 @@ pub fn repair(vault: &Vault, report: &CheckReport) -> Result<Vec<String>> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let to = path.with_file_name(format!("{ASIDE_PREFIX}{name}"));
-                crate::fsutil::rename_noreplace(path, &to).map_err(|e| Error::io(path, e))?;
+                crate::fault::rename_noreplace(path, &to).map_err(|e| Error::io(path, e))?;
                 done.push(format!(
                     "set aside the unreadable {} as {}",
                     path.display(),
@@ -302,10 +303,10 @@ pub fn repair(vault: &Vault, report: &CheckReport) -> Result<Vec<String>> {
             }
             Fix::ResolveConflicts(id) if !conflict_dirs.contains(&id) => {
                 conflict_dirs.push(id);
-                vault.set_read_only(false);
-                let r = vault.list(id);
-                vault.set_read_only(true);
-                r?;
+                let was_read_only = vault.set_read_only(false);
+                let listed = vault.list(id);
+                vault.set_read_only(was_read_only);
+                listed?;
                 done.push(format!(
                     "resolved the sync conflicts in {}",
                     vault.content_dir(id).display()

@@ -78,7 +78,7 @@ pub(crate) fn rename(from: &Path, to: &Path) -> io::Result<()> {
     crate::store::rename(from, to, 0)
 }
 
-/// [`rename_noreplace`](crate::fsutil::rename_noreplace).
+/// [`store::rename`](crate::store::rename) refusing to replace (`RENAME_NOREPLACE`).
 pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     point()?;
     crate::store::rename(from, to, libc::RENAME_NOREPLACE)

@@ -1,5 +1,5 @@
-//! Small file-system helpers: atomic replacement of small files, renames that refuse to
-//! replace, hidden temporary names for changes in progress.
+//! Small file-system helpers: atomic replacement of small files, hidden temporary names for
+//! changes in progress, directory fsync.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -56,30 +56,4 @@ pub fn temp_sibling(path: &Path, tag: &str) -> std::path::PathBuf {
         "{TEMP_PREFIX}{tag}-{:016x}",
         u64::from_le_bytes(crate::random::bytes())
     ))
-}
-
-/// Renames `from` to `to`, failing with `AlreadyExists` instead of replacing anything
-/// (`renameat2` with `RENAME_NOREPLACE`).
-pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let cstr = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    };
-    let (a, b) = (cstr(from)?, cstr(to)?);
-    // SAFETY: two valid NUL-terminated paths, relative to the working directory.
-    let r = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

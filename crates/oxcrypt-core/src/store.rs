@@ -191,22 +191,17 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
 /// The metadata of a node's file (no symlink followed in any component), refused unless it
 /// is what `expect` says.
 pub fn metadata(path: &Path, expect: Expect) -> Result<Metadata> {
-    let md = path_metadata(path)?;
+    let md = entry_metadata(path)?;
     check_type(path, &md, expect)?;
     Ok(md)
 }
 
-/// `fstat` of an `O_PATH` handle opened without following symlinks: what `lstat` gives,
-/// except that a symlink anywhere in the path is refused.
-fn path_metadata(path: &Path) -> Result<Metadata> {
+/// `fstat` of an `O_PATH` handle opened without following symlinks: what `lstat` gives
+/// (a symlink entry is reported as one, for classifying it), except that a symlink above it
+/// is refused.
+pub fn entry_metadata(path: &Path) -> Result<Metadata> {
     let fd = open_no_symlinks(path, libc::O_PATH)?;
     fd.metadata().at(path)
-}
-
-/// The metadata of a node's entry, whatever it is (a symlink entry is reported as one, not
-/// followed; a symlink above it is refused): for classifying it.
-pub fn entry_metadata(path: &Path) -> Result<Metadata> {
-    path_metadata(path)
 }
 
 /// Refuses `md` (of `path`) unless it is a regular file.
@@ -216,7 +211,7 @@ pub fn check_file(path: &Path, md: &Metadata) -> Result<()> {
 
 /// Whether `path` is a regular file (no symlink followed). Absent or anything else: false.
 pub fn is_regular(path: &Path) -> bool {
-    path_metadata(path).is_ok_and(|m| m.is_file())
+    entry_metadata(path).is_ok_and(|m| m.is_file())
 }
 
 /// Creates the file `path`, which must not exist, for reading and writing with permission

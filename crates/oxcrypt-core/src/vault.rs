@@ -129,11 +129,12 @@ impl Vault {
         }
     }
 
-    /// Never change the ciphertext tree on its own accord (a read-only mount): sync-conflict
-    /// copies stay hidden instead of being renamed when listed.
-    pub fn set_read_only(&self, read_only: bool) {
+    /// Never change the ciphertext tree on its own accord (a read-only mount, a check):
+    /// sync-conflict copies stay hidden instead of being renamed when listed. Returns the
+    /// previous setting.
+    pub fn set_read_only(&self, read_only: bool) -> bool {
         self.read_only
-            .store(read_only, std::sync::atomic::Ordering::Relaxed);
+            .swap(read_only, std::sync::atomic::Ordering::Relaxed)
     }
 
     fn missing_config(path: &Path, e: std::io::Error) -> Error {
@@ -375,7 +376,8 @@ impl Vault {
         let Some((node, md)) = self.lookup_md_in(parent, name, bump)? else {
             return Ok(None);
         };
-        let attr = if matches!(node.kind, NodeKind::File) && node.entry == node.payload_path() {
+        // A plain file's entry is its payload; a shortened one's payload is inside it.
+        let attr = if matches!(node.kind, NodeKind::File) && !node.shortened {
             store::check_file(&node.entry, &md)?;
             let size = self.cleartext_size_of(&node.entry, md.len())?;
             attr_from(FileType::File, size, md.nlink() as u32, &md)

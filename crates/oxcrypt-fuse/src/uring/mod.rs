@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -142,7 +142,6 @@ impl Stats {
 /// A mounted connection, INIT answered, ready to serve.
 pub struct UringSession {
     fuse: Arc<File>,
-    mountpoint: PathBuf,
     dispatcher: Arc<Dispatcher>,
     queues: Vec<Queue>,
     fallback_threads: usize,
@@ -199,7 +198,6 @@ pub fn mount(
     let (queues, stats) = answer_init(&fuse, options).map_err(unmount_on_error)?;
     Ok(UringSession {
         fuse,
-        mountpoint: mountpoint.to_path_buf(),
         dispatcher,
         queues,
         fallback_threads: options.fallback_threads.max(1),
@@ -332,11 +330,6 @@ impl UringSession {
     /// The counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
-    }
-
-    /// The mountpoint.
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
     }
 
     /// Serves until unmounted: the queue threads and the `/dev/fuse` reader(s).
