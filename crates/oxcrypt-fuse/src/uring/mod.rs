@@ -354,13 +354,14 @@ impl UringSession {
                     .spawn(move || {
                         if let QueueEnd::Refused(errno) = q.run(&d) {
                             // The kernel went back to /dev/fuse for every request: read it
-                            // with as many threads as the fallback has.
-                            tracing::warn!(
-                                errno,
-                                "a ring REGISTER was refused; serving over /dev/fuse"
-                            );
+                            // with as many threads as the fallback has (the first queue to
+                            // see the refusal says so and starts them).
                             stats.ring.store(false, Ordering::Relaxed);
                             if !started.swap(true, Ordering::Relaxed) {
+                                tracing::warn!(
+                                    errno,
+                                    "a ring REGISTER was refused; serving over /dev/fuse"
+                                );
                                 let more: Vec<_> = (1..extra)
                                     .filter_map(|i| spawn_reader(i, &fuse, &d, &stats).ok())
                                     .collect();
