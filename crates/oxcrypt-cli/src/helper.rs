@@ -92,6 +92,7 @@ pub fn translate(args: &[OsString]) -> Result<Vec<OsString>> {
             "threads" => flag("threads")?,
             "cache_ms" => flag("cache-ms")?,
             "ring_depth" => flag("ring-depth")?,
+            "writeback" => flag("writeback-cache")?,
             k if IGNORED.contains(&k) || k.starts_with("x-") || k.starts_with("comment=") => {
                 vec![]
             }

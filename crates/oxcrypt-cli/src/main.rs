@@ -118,6 +118,14 @@ pub enum TransportArg {
     DevFuse,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Turned on.
+    On,
+    /// Turned off.
+    Off,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum IoArg {
     /// io_uring with registered buffers.
@@ -324,10 +332,21 @@ enum Command {
         /// Kernel read-ahead of the mount in KiB.
         #[arg(long, default_value_t = 1024, value_name = "KIB")]
         read_ahead_kb: u32,
-        /// Let the kernel cache writes (FUSE writeback cache; see kernel-notes/). Not yet
-        /// correct for changes made behind the mount's back (issue 11).
-        #[arg(long, hide = true, env = "OXCRYPT_WRITEBACK_CACHE")]
-        writeback_cache: bool,
+        /// The kernel's writeback cache: `write(2)` returns once the bytes are in the page
+        /// cache and the kernel sends them in large batches, several at once, so one writer's
+        /// stream is encrypted on every core. A full disk is then reported by `fsync(2)` or
+        /// `close(2)` (ENOSPC) instead of by the `write(2)` that did not fit, and the file
+        /// shows the size the vault holds from its next lookup on. Changes made behind the
+        /// mount's back (a sync client) are noticed with inotify and invalidated in the kernel.
+        /// `off`: every write(2) waits for its encryption and reports its own error.
+        #[arg(
+            long,
+            value_enum,
+            default_value = "on",
+            env = "OXCRYPT_WRITEBACK_CACHE",
+            value_name = "on|off"
+        )]
+        writeback_cache: Switch,
         /// How FUSE requests travel: `uring` (FUSE-over-io_uring, Linux 6.14+, root, and
         /// /sys/module/fuse/parameters/enable_uring set to Y), `dev-fuse` (read/write on
         /// /dev/fuse), or `auto`: uring when it can be had, else dev-fuse with one log line
@@ -559,7 +578,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 daemon,
                 ttl_ms: cache_ms,
                 read_ahead_kb,
-                writeback_cache,
+                writeback_cache: writeback_cache == Switch::On,
                 transport: match transport {
                     TransportArg::Auto => oxcrypt_fuse::TransportChoice::Auto,
                     TransportArg::Uring => oxcrypt_fuse::TransportChoice::Uring,

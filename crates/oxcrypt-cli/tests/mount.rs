@@ -810,6 +810,119 @@ fn changes_behind_the_mounts_back_show_after_the_cache_ttl() {
     assert!(m.unmount().success());
 }
 
+/// Every regular `.c9r` file of the vault's ciphertext tree.
+fn ciphertext_files(vault: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![vault.join("d")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if e.path().extension().is_some_and(|x| x == "c9r")
+                && e.file_name() != "dir.c9r"
+                && e.file_name() != "dirid.c9r"
+            {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Polls `check` until it returns true; fails with `what` after `secs`.
+fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A sync client rewriting a file in place (same ciphertext inode, new length) and adding and
+/// deleting names, while the kernel holds the file's inode, pages and a negative entry. The
+/// metadata cache lives a minute here, so only the watcher can make the changes show: with
+/// the writeback cache the kernel never takes a new size for an inode it holds.
+#[test]
+fn changes_behind_the_mounts_back_show_at_once_in_place_and_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let vault = tmp.path().join("vault");
+    init_vault(&vault);
+    let m = Mount::at(
+        &vault,
+        &tmp.path().join("mnt"),
+        PW,
+        &["--cache-ms", "60000"],
+    );
+    let (a, b) = (m.mnt.join("a.txt"), m.mnt.join("b.txt"));
+    let long: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    fs::write(&a, b"short and old").unwrap();
+    fs::write(&b, &long).unwrap();
+    assert_eq!(fs::read(&a).unwrap(), b"short and old");
+    assert!(
+        fs::metadata(m.mnt.join("new.txt")).is_err(),
+        "a negative entry now"
+    );
+    // b's ciphertext written over a's, in place: a chunk's authentication does not involve
+    // the file's name, so a now holds b's bytes.
+    let mut files = ciphertext_files(&vault);
+    files.sort_by_key(|p| fs::metadata(p).unwrap().len());
+    let (small, big) = (&files[0], &files[1]);
+    let ino_before = fs::metadata(small).unwrap().ino();
+    let bytes = fs::read(big).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(small)
+        .unwrap();
+    f.write_all(&bytes).unwrap();
+    drop(f);
+    assert_eq!(
+        fs::metadata(small).unwrap().ino(),
+        ino_before,
+        "changed in place"
+    );
+    eventually(5, "the in-place change did not show", || {
+        fs::metadata(&a).unwrap().len() == long.len() as u64 && fs::read(&a).unwrap() == long
+    });
+    // A name created and one deleted behind the mount.
+    let local = tmp.path().join("new");
+    fs::write(&local, b"from the sync client").unwrap();
+    let put = cli(&[
+        "put",
+        vault.to_str().unwrap(),
+        local.to_str().unwrap(),
+        "/new.txt",
+    ]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let rm = cli(&["rm", vault.to_str().unwrap(), "/b.txt"]);
+    assert!(
+        rm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    eventually(5, "the new name did not show", || {
+        fs::read(m.mnt.join("new.txt")).is_ok_and(|d| d == b"from the sync client")
+    });
+    eventually(5, "the deleted name stayed", || fs::metadata(&b).is_err());
+    let mut names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["a.txt", "new.txt"]);
+    // Our own writes are not taken for a sync client's: a file written and read back keeps
+    // its page cache (nothing here can see that directly; it must at least read right).
+    fs::write(m.mnt.join("own.txt"), &long).unwrap();
+    assert_eq!(fs::read(m.mnt.join("own.txt")).unwrap(), long);
+    assert!(m.unmount().success());
+}
+
 /// Runs `f` on another thread and fails the test if it takes longer than `secs` (a hung
 /// mount must fail the test, not hang it).
 fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -956,12 +1069,31 @@ fn a_full_disk_fails_appends_and_grows_and_keeps_what_was_stored() {
     let data: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
     fs::write(m.mnt.join("f"), &data).unwrap();
     small.fill(&small.dir.join("filler"));
-    let r = OpenOptions::new()
+    // With the writeback cache write(2) lands in the page cache; the full disk is reported by
+    // fsync (without it, by the write itself).
+    let mut f = OpenOptions::new()
         .append(true)
         .open(m.mnt.join("f"))
-        .unwrap()
-        .write_all(&[9u8; 100_000]);
+        .unwrap();
+    let r = f.write_all(&[9u8; 100_000]).and_then(|_| f.sync_all());
     assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::ENOSPC));
+    drop(f);
+    // From the next lookup on, the mount shows what the vault holds: not the size the kernel
+    // had cached for the bytes it accepted, and none of those bytes beyond it.
+    let start = Instant::now();
+    let shown = loop {
+        let len = fs::metadata(m.mnt.join("f")).unwrap().len();
+        let bytes = fs::read(m.mnt.join("f")).unwrap();
+        if len == bytes.len() as u64 && len < (data.len() + 100_000) as u64 {
+            break bytes;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the mount keeps showing {len} bytes, reading gives {}",
+            bytes.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let g = OpenOptions::new()
         .write(true)
         .open(m.mnt.join("f"))
@@ -988,6 +1120,10 @@ fn a_full_disk_fails_appends_and_grows_and_keeps_what_was_stored() {
     assert!(
         cat.stdout[data.len()..].iter().all(|&b| b == 9),
         "the bytes after the stored ones are not the appended ones"
+    );
+    assert_eq!(
+        shown, cat.stdout,
+        "the mount showed other bytes than the vault holds"
     );
 }
 

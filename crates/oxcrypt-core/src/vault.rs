@@ -542,6 +542,20 @@ impl Vault {
         }))
     }
 
+    /// The cleartext name of the entry `file_name` of `dir`'s content directory: decrypted
+    /// from a `.c9r` name, read from inside a `.c9s` entry. `None` if it does not decrypt or
+    /// a `.c9s` entry is gone (for reporting changes made behind the mount's back).
+    pub fn entry_name(&self, dir: &DirId, file_name: &str) -> Option<String> {
+        if file_name.ends_with(C9R) {
+            return self.names.decrypt_name(dir, file_name);
+        }
+        if !file_name.ends_with(C9S) {
+            return None;
+        }
+        let path = self.content_dir(dir).join(file_name);
+        self.read_shortened(dir, path, true).ok().map(|n| n.name)
+    }
+
     /// A `.c9r` entry whose name does not decrypt: a sync client's conflict copy is resolved
     /// (see `conflicts.rs`) and listed under its new name, or dropped if it was a duplicate;
     /// anything else is an undecryptable name.

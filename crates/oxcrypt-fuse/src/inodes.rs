@@ -37,6 +37,11 @@ impl Inode {
         self.place.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Inode number of the backing file: the identity of the ciphertext behind this inode.
+    pub fn backing(&self) -> u64 {
+        self.backing
+    }
+
     /// The parent inode.
     pub fn parent(&self) -> u64 {
         self.place.read().unwrap_or_else(|p| p.into_inner()).0
@@ -129,6 +134,20 @@ impl InodeTable {
         ino
     }
 
+    /// The child of `parent` whose ciphertext entry is named `file_name` (for a change
+    /// reported by ciphertext name when the cleartext name can no longer be read: a deleted
+    /// `.c9s` entry). Scans the table: only for that rare case.
+    pub fn child_by_entry(
+        &self,
+        parent: u64,
+        file_name: &std::ffi::OsStr,
+    ) -> Option<(u64, String)> {
+        self.by_ino.iter().find_map(|e| {
+            let (p, name) = e.place();
+            (p == parent && e.node().entry.file_name() == Some(file_name)).then(|| (*e.key(), name))
+        })
+    }
+
     /// `name` left `parent` (unlink, rmdir): a new node there gets a new number.
     pub fn removed(&self, parent: u64, name: &str) {
         self.by_name.remove(&(parent, name.to_string()));
@@ -144,11 +163,11 @@ impl InodeTable {
         self.by_name.insert((parent, name.to_string()), ino);
     }
 
-    /// The kernel dropped `n` lookups of `ino`; true when that was the last one (the inode is
-    /// gone).
-    pub fn forget(&self, ino: u64, n: u64) -> bool {
+    /// The kernel dropped `n` lookups of `ino`; the inode when that was the last one (it is
+    /// gone from the table).
+    pub fn forget(&self, ino: u64, n: u64) -> Option<Arc<Inode>> {
         if ino == ROOT_INO {
-            return false;
+            return None;
         }
         let removed = self.by_ino.remove_if(&ino, |_, e| {
             let before = e
@@ -156,12 +175,15 @@ impl InodeTable {
                 .fetch_sub(n.min(e.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
             before <= n
         });
-        let Some((_, entry)) = removed else {
-            return false;
-        };
+        let (_, entry) = removed?;
         let key = entry.place();
         self.by_name.remove_if(&key, |_, v| *v == ino);
-        true
+        Some(entry)
+    }
+
+    /// Every inode known, with its number.
+    pub fn all(&self) -> Vec<(u64, Arc<Inode>)> {
+        self.by_ino.iter().map(|e| (*e.key(), e.clone())).collect()
     }
 
     /// Number of inodes known (for tests and stats).

@@ -17,10 +17,12 @@ mod fuser_adapter;
 pub mod inodes;
 pub mod mountinfo;
 pub mod mountpoint;
+pub mod notify;
 pub mod open_files;
 pub mod ops;
 pub mod page_cache;
 pub mod uring;
+pub mod watch;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -89,7 +91,7 @@ impl Default for MountOptions {
             ttl: Duration::from_secs(1),
             read_ahead_kb: 1024,
             readdirplus: true,
-            writeback_cache: false,
+            writeback_cache: true,
             transport: TransportChoice::Auto,
             ring_depth: 8,
         }
@@ -258,6 +260,8 @@ pub fn mount(
             _ => MountError::Mount(e),
         })?;
         let stats = session.stats();
+        fs_handle.notices().start(Box::new(session.notifier()));
+        watch::Watcher::start(&fs_handle);
         mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb);
         let ring = stats.ring.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
@@ -296,6 +300,8 @@ pub fn mount(
     let mut session = fuser::Session::new(fuser_adapter::FuserFs::new(fs), mountpoint, &config)
         .map_err(MountError::Mount)?;
     let unmounter = Unmounter::Fuser(session.unmount_callable());
+    fs_handle.notices().start(Box::new(session.notifier()));
+    watch::Watcher::start(&fs_handle);
     mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb);
     tracing::info!(mountpoint = %mountpoint.display(), io = %io_mode, transport = "/dev/fuse (fuser)", "mounted");
     Ok(Mounted {

@@ -1,5 +1,7 @@
-//! The open-file table: every open file handle, and per inode the one [`OpenFile`] that all
-//! handles of that inode share (so a file has exactly one lock, whoever opened it).
+//! The open-file table: every open file handle, and per ciphertext file the one [`OpenFile`]
+//! that all its handles share (so a file has exactly one lock, whoever opened it, and under
+//! whichever inode number: a name whose inode was retired after a change behind the mount
+//! gets a new number for the same ciphertext, and both numbers' handles share one file).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -12,9 +14,14 @@ use slab::Slab;
 
 use crate::page_cache::{PageCachePolicy, Stamp};
 
+/// The identity of a ciphertext file: its inode number on the backing file system (unique
+/// while the file is open, since an open file's inode is not reused).
+pub type FileKey = u64;
+
 /// One open file handle (what FUSE calls `fh`).
 struct Handle {
     file: Arc<OpenFile>,
+    key: FileKey,
     /// Opened with O_APPEND (and the kernel leaves append offsets to us).
     append: bool,
 }
@@ -24,32 +31,33 @@ struct Handle {
 /// What protects what:
 /// - `handles` (a mutex around a slab): the handle slots only. It is held to insert, look up
 ///   or remove one handle, never across I/O.
-/// - `by_inode` (a DashMap): which [`OpenFile`] an inode's handles share. The entry is held
-///   while a file is opened, so two concurrent opens of one inode share one file.
+/// - `by_file` (a DashMap): which [`OpenFile`] the handles of one ciphertext file share. The
+///   entry is held while a file is opened, so two concurrent opens of one file share it.
 /// - The file's content, size and header: the file's own lock, inside
 ///   [`FileHandle`](oxcrypt_core::vault::FileHandle). Nothing here touches them.
-/// - Whether the kernel may keep an inode's pages: `page_cache` ([`PageCachePolicy`]).
+/// - Whether the kernel may keep an inode's pages: `page_cache` ([`PageCachePolicy`]), by
+///   FUSE inode number (the kernel caches pages per inode).
 #[derive(Default)]
 pub struct OpenFileTable {
     handles: Mutex<Slab<Handle>>,
-    by_inode: DashMap<u64, Weak<OpenFile>>,
+    by_file: DashMap<FileKey, Weak<OpenFile>>,
     next_id: AtomicU64,
     page_cache: PageCachePolicy,
 }
 
 impl OpenFileTable {
-    /// The open file of `ino`, if a handle has it open.
-    pub fn shared(&self, ino: u64) -> Option<Arc<OpenFile>> {
-        self.by_inode.get(&ino).and_then(|w| w.upgrade())
+    /// The open file `key`, if a handle has it open.
+    pub fn shared(&self, key: FileKey) -> Option<Arc<OpenFile>> {
+        self.by_file.get(&key).and_then(|w| w.upgrade())
     }
 
-    /// The open file of `ino`, opened with `open` if no handle has it open.
+    /// The open file `key`, opened with `open` if no handle has it open.
     pub fn open_or_share<E>(
         &self,
-        ino: u64,
+        key: FileKey,
         open: impl FnOnce() -> Result<FileHandle, E>,
     ) -> Result<Arc<OpenFile>, E> {
-        match self.by_inode.entry(ino) {
+        match self.by_file.entry(key) {
             Entry::Occupied(mut e) => {
                 if let Some(f) = e.get().upgrade() {
                     return Ok(f);
@@ -70,18 +78,20 @@ impl OpenFileTable {
         OpenFile::new(self.next_id.fetch_add(1, Ordering::Relaxed), handle)
     }
 
-    /// Makes `handle` (a file just created) the open file of `ino`.
-    pub fn share_new(&self, ino: u64, handle: FileHandle) -> Arc<OpenFile> {
+    /// Makes `handle` (a file just created) the open file `key`.
+    pub fn share_new(&self, key: FileKey, handle: FileHandle) -> Arc<OpenFile> {
         let f = self.wrap(handle);
-        self.by_inode.insert(ino, Arc::downgrade(&f));
+        self.by_file.insert(key, Arc::downgrade(&f));
         f
     }
 
-    /// A new handle of `ino` over `file`, and whether the kernel may keep the inode's cached
-    /// pages. `now` is the ciphertext's stamp (None for a file just created).
+    /// A new handle of inode `ino` over `file` (the open file `key`), and whether the kernel
+    /// may keep the inode's cached pages. `now` is the ciphertext's stamp (None for a file
+    /// just created).
     pub fn insert(
         &self,
         ino: u64,
+        key: FileKey,
         file: Arc<OpenFile>,
         append: bool,
         now: Option<Stamp>,
@@ -91,7 +101,7 @@ impl OpenFileTable {
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(Handle { file, append }) as u64;
+            .insert(Handle { file, key, append }) as u64;
         (fh, keep)
     }
 
@@ -119,7 +129,7 @@ impl OpenFileTable {
         };
         self.page_cache.closed(ino, stamp);
         if Arc::strong_count(&h.file) == 1 {
-            self.by_inode.remove_if(&ino, |_, w| w.strong_count() <= 1);
+            self.by_file.remove_if(&h.key, |_, w| w.strong_count() <= 1);
         }
         true
     }
@@ -129,8 +139,20 @@ impl OpenFileTable {
         self.page_cache.forget(ino);
     }
 
+    /// Whether `now` is the stamp `ino`'s ciphertext had when its last handle closed (the
+    /// file did not change since, or changed only through the mount).
+    pub fn unchanged_since_close(&self, ino: u64, now: Option<Stamp>) -> bool {
+        self.page_cache.unchanged_since_close(ino, now)
+    }
+
+    /// Records `now` as the stamp of `ino` after a change made through the mount while no
+    /// handle was open (a truncate, chmod or utimens by path).
+    pub fn restamp(&self, ino: u64, now: Option<Stamp>) {
+        self.page_cache.restamp(ino, now);
+    }
+
     /// Every file open now.
     pub fn all(&self) -> Vec<Arc<OpenFile>> {
-        self.by_inode.iter().filter_map(|e| e.upgrade()).collect()
+        self.by_file.iter().filter_map(|e| e.upgrade()).collect()
     }
 }

@@ -717,6 +717,39 @@ pub fn out_header(buf: &mut [u8], unique: u64, error: i32, args_len: usize) {
     buf[8..16].copy_from_slice(&unique.to_ne_bytes());
 }
 
+/// A notification (`unique` 0, the code in the error field): `fuse_notify_inval_inode_out`
+/// for every page and the attributes of `ino`.
+pub fn notify_inval_inode(ino: u64) -> Vec<u8> {
+    let mut b = vec![0u8; OUT_HEADER_LEN + 24];
+    let len = b.len() as u32;
+    b[0..4].copy_from_slice(&len.to_ne_bytes());
+    b[4..8].copy_from_slice(&notify::INVAL_INODE.to_ne_bytes());
+    b[16..24].copy_from_slice(&ino.to_ne_bytes());
+    // off 0, len 0: from the start to the end.
+    b
+}
+
+/// A notification `fuse_notify_inval_entry_out` for `name` in directory `parent`.
+pub fn notify_inval_entry(parent: u64, name: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; OUT_HEADER_LEN + 16];
+    b[16..24].copy_from_slice(&parent.to_ne_bytes());
+    b[24..28].copy_from_slice(&(name.len() as u32).to_ne_bytes());
+    b.extend_from_slice(name);
+    b.push(0);
+    let len = b.len() as u32;
+    b[0..4].copy_from_slice(&len.to_ne_bytes());
+    b[4..8].copy_from_slice(&notify::INVAL_ENTRY.to_ne_bytes());
+    b
+}
+
+/// Notification codes (`enum fuse_notify_code`).
+pub mod notify {
+    /// `FUSE_NOTIFY_INVAL_INODE`.
+    pub const INVAL_INODE: i32 = 2;
+    /// `FUSE_NOTIFY_INVAL_ENTRY`.
+    pub const INVAL_ENTRY: i32 = 3;
+}
+
 /// Parsed `fuse_init_in`.
 #[derive(Debug, Clone, Copy)]
 pub struct InitIn {

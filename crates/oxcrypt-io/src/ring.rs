@@ -163,7 +163,9 @@ impl CiphertextIo for RingIo {
         let mut got = 0;
         while got < len {
             match self.transfer(file, false, got, len - got, at + got as u64)? {
-                r if r == -libc::EAGAIN && crate::nowait::disk() => {
+                // EOPNOTSUPP: a file system without no-wait reads (tmpfs here): the read must
+                // wait like one from disk.
+                r if (r == -libc::EAGAIN || r == -libc::EOPNOTSUPP) && crate::nowait::disk() => {
                     return Err(io::Error::from_raw_os_error(libc::EAGAIN))
                 }
                 r if r == -libc::EINTR || r == -libc::EAGAIN => continue,

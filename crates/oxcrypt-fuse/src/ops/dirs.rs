@@ -191,7 +191,7 @@ impl Fs {
             if self.refuse_cycle(ino, &e.node).is_err() {
                 continue;
             }
-            let child = self.inodes.lookup(ino, &e.name, e.node.clone(), attr.ino);
+            let child = self.remember(ino, &e.name, e.node.clone(), attr.ino);
             let attr = self.cache.attr(child).unwrap_or(attr);
             let entry = DirEntry {
                 ino: child,
@@ -200,9 +200,7 @@ impl Fs {
                 name: &e.name,
             };
             if add(entry, &self.entry(child, attr)) {
-                if self.inodes.forget(child, 1) {
-                    self.cache.drop_inode(child);
-                }
+                self.forget(child, 1);
                 break;
             }
         }

@@ -81,9 +81,7 @@ impl Fs {
                 let e = &l[i];
                 let attr = e.attr(&self.vault).ok_or(Errno::ENOENT)?;
                 self.refuse_cycle(parent, &e.node)?;
-                let ino = self
-                    .inodes
-                    .lookup(parent, &e.name, e.node.clone(), attr.ino);
+                let ino = self.remember(parent, &e.name, e.node.clone(), attr.ino);
                 return Ok(self.entry(ino, self.cache.attr(ino).unwrap_or(attr)));
             }
             let dir = self.dir_id(parent)?;
@@ -92,9 +90,7 @@ impl Fs {
                 .lookup_attr_in(&dir, name, bump)?
                 .ok_or(Errno::ENOENT)?;
             self.refuse_cycle(parent, &node)?;
-            let ino = self
-                .inodes
-                .lookup(parent, &node.name.clone(), node, attr.ino);
+            let ino = self.remember(parent, &node.name.clone(), node, attr.ino);
             self.cache.put_attr(ino, attr);
             Ok(self.entry(ino, attr))
         })
@@ -126,9 +122,10 @@ impl Fs {
 
     /// FORGET: the kernel dropped `nlookup` lookups of `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
-        if self.inodes.forget(ino, nlookup) {
+        if self.inodes.forget(ino, nlookup).is_some() {
             self.cache.drop_inode(ino);
             self.files.forget(ino);
+            self.watcher.unwatch(ino);
         }
     }
 
@@ -164,6 +161,8 @@ impl Fs {
                 .set_times(&node, set.atime.map(time_of), set.mtime.map(time_of))?;
         }
         self.cache.forget_attr(ino);
+        // Our own change: the watcher must not take it for one behind the mount's back.
+        self.files.restamp(ino, super::files::stamp(&node));
         self.attr(ino, &node)
     }
 

@@ -17,15 +17,16 @@ use crate::page_cache::Stamp;
 pub type Completion = Box<dyn FnOnce(OpResult<()>) + Send>;
 
 /// The ciphertext file's (mtime, length): the mark of whether it changed between opens.
-fn stamp(node: &Node) -> Option<Stamp> {
+pub(crate) fn stamp(node: &Node) -> Option<Stamp> {
     let md = std::fs::metadata(node.payload_path()).ok()?;
     Some((md.modified().ok()?, md.len()))
 }
 
 impl Fs {
-    /// The open file every handle of `ino` shares, opening it if none has it open.
+    /// The open file every handle of `ino`'s ciphertext shares, opening it if none has it
+    /// open.
     pub(super) fn open_shared(&self, ino: u64, node: &Node) -> OpResult<Arc<OpenFile>> {
-        self.files.open_or_share(ino, || {
+        self.files.open_or_share(self.file_key(ino)?, || {
             self.vault
                 .open_file(node, !self.options.read_only)
                 .map_err(Errno::from)
@@ -62,9 +63,13 @@ impl Fs {
             return Err(Errno::EISDIR);
         }
         let file = self.open_shared(ino, &node)?;
-        let (fh, keep_cache) = self
-            .files
-            .insert(ino, file, self.appends(flags), stamp(&node));
+        let (fh, keep_cache) = self.files.insert(
+            ino,
+            self.file_key(ino)?,
+            file,
+            self.appends(flags),
+            stamp(&node),
+        );
         Ok(Opened { fh, keep_cache })
     }
 
@@ -87,8 +92,10 @@ impl Fs {
                 self.vault
                     .create_open(&dir, name, mode & 0o7777, Some((uid, gid)))?;
             let ino = self.register_new(parent, node, attr);
-            let file = self.files.share_new(ino, handle);
-            let (fh, _) = self.files.insert(ino, file, self.appends(flags), None);
+            let file = self.files.share_new(attr.ino, handle);
+            let (fh, _) = self
+                .files
+                .insert(ino, attr.ino, file, self.appends(flags), None);
             Ok((
                 self.entry(ino, attr),
                 Opened {
@@ -121,6 +128,12 @@ impl Fs {
         // Forgotten after the write: attributes read before or during it are dropped, and a
         // getattr that read them then does not store them (the cache's epochs).
         self.cache.forget_attr(ino);
+        if r.is_err() && self.options.writeback_cache {
+            // The kernel accepted these bytes into its cache and grew its size for them; it
+            // keeps its own size with the writeback cache. Its inode is retired so that the
+            // next lookup shows what the ciphertext holds, and its pages are dropped.
+            self.retire_inode(ino);
+        }
         r?;
         Ok(data.len() as u32)
     }

@@ -13,7 +13,9 @@
 //! - `tree.rs`: mknod, mkdir, symlink, unlink, rmdir, rename, link
 //! - `files.rs`: open, create, read, write, fsync, fallocate, release
 //! - `dirs.rs`: opendir, readdir, readdirplus, releasedir, fsyncdir
+//! - `behind.rs`: changes made behind the mount's back, as the watcher reports them
 
+mod behind;
 mod dirs;
 mod entries;
 mod files;
@@ -100,13 +102,24 @@ pub struct Fs {
     options: FsOptions,
     /// When the last request came (every transport touches it).
     activity: crate::activity::Activity,
+    /// inotify on what the kernel holds (changes behind the mount's back).
+    watcher: crate::watch::Watcher,
+    /// Invalidations for the kernel, written by their own thread.
+    notices: Arc<crate::notify::Notices>,
 }
 
 impl Fs {
     /// A file system over `vault`, doing content I/O on `engine`.
     pub fn new(vault: Arc<Vault>, engine: Arc<Engine>, options: FsOptions) -> Self {
         vault.set_read_only(options.read_only);
+        let watcher = crate::watch::Watcher::new();
+        watcher.watch(
+            &vault.content_dir(vault.root_id()),
+            crate::watch::Watched::Dir(crate::inodes::ROOT_INO),
+        );
         Fs {
+            watcher,
+            notices: Arc::default(),
             inodes: InodeTable::new(vault.root()),
             vault,
             engine,
@@ -116,6 +129,16 @@ impl Fs {
             options,
             activity: crate::activity::Activity::default(),
         }
+    }
+
+    /// The watcher of changes behind the mount's back.
+    pub fn watcher(&self) -> &crate::watch::Watcher {
+        &self.watcher
+    }
+
+    /// The queue of invalidations for the kernel (a transport starts its writer).
+    pub fn notices(&self) -> &Arc<crate::notify::Notices> {
+        &self.notices
     }
 
     /// The settings.
@@ -165,6 +188,14 @@ impl Fs {
         self.inodes.get(ino).map(|i| i.node()).ok_or(Errno::ENOENT)
     }
 
+    /// The identity of `ino`'s ciphertext file, under which its open file is shared.
+    fn file_key(&self, ino: u64) -> OpResult<crate::open_files::FileKey> {
+        self.inodes
+            .get(ino)
+            .map(|i| i.backing())
+            .ok_or(Errno::ENOENT)
+    }
+
     fn dir_id(&self, ino: u64) -> OpResult<DirId> {
         self.node(ino)?.dir_id().cloned().ok_or(Errno::ENOTDIR)
     }
@@ -191,7 +222,8 @@ impl Fs {
             return Ok(a);
         }
         let epoch = self.cache.epoch(ino);
-        let a = match self.files.shared(ino) {
+        let open = self.file_key(ino).ok().and_then(|k| self.files.shared(k));
+        let a = match open {
             // An open file answers from its descriptor: right even after unlink (nlink 0).
             Some(f) => f.handle().attr(),
             None => self.vault.stat(node),

@@ -43,9 +43,7 @@ impl Fs {
         self.cache.dir_changed(parent);
         // A new node: any number the old name had belongs to a deleted file.
         self.inodes.removed(parent, &node.name);
-        let ino = self
-            .inodes
-            .lookup(parent, &node.name.clone(), node, attr.ino);
+        let ino = self.remember(parent, &node.name.clone(), node, attr.ino);
         self.cache.put_attr(ino, attr);
         ino
     }

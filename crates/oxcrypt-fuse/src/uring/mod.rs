@@ -237,6 +237,30 @@ fn write_reply(fuse: &File, buf: &[u8]) {
     }
 }
 
+/// Writes notifications to the connection's `/dev/fuse` (the kernel refuses them on the ring).
+pub struct DevFuseNotifier(Arc<File>);
+
+impl DevFuseNotifier {
+    fn write(&self, b: &[u8]) -> std::io::Result<()> {
+        // SAFETY: writing an initialised buffer to our descriptor; one write is one message.
+        let r = unsafe { libc::write(self.0.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl crate::notify::KernelNotifier for DevFuseNotifier {
+    fn inval_entry(&self, parent: u64, name: &str) -> std::io::Result<()> {
+        self.write(&wire::notify_inval_entry(parent, name.as_bytes()))
+    }
+
+    fn inval_inode(&self, ino: u64) -> std::io::Result<()> {
+        self.write(&wire::notify_inval_inode(ino))
+    }
+}
+
 /// Reads INIT, builds the queues if the kernel offers the ring, and replies.
 fn answer_init(fuse: &File, options: &UringOptions) -> std::io::Result<(Vec<Queue>, Arc<Stats>)> {
     let mut buf = buf::PageBuf::new(MAX_WRITE as usize + 4096)?;
@@ -327,6 +351,11 @@ fn answer_init(fuse: &File, options: &UringOptions) -> std::io::Result<(Vec<Queu
 }
 
 impl UringSession {
+    /// A writer of notifications to this connection.
+    pub fn notifier(&self) -> DevFuseNotifier {
+        DevFuseNotifier(self.fuse.clone())
+    }
+
     /// The counters.
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()

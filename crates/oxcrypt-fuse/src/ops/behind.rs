@@ -1,0 +1,146 @@
+//! Changes behind the mount's back: what the watcher (`watch.rs`) reports, told apart from
+//! our own changes, and turned into invalidations of exactly what changed.
+//!
+//! Our own changes make the same inotify events as a sync client's, so each report is checked
+//! against what we know before anything is invalidated:
+//! - a name that came or went: the entry on disk is compared with the inode table (same
+//!   backing file under the name, or neither has it: ours);
+//! - a file's content: ours if a handle has the file open here (a sync client writing into a
+//!   file open for writing through the mount is a conflict no cache can settle), or if the
+//!   ciphertext still has the stamp it had when our last handle closed.
+//!
+//! An invalidation **retires** the inode: the name is unlinked from its number in the table,
+//! so the next lookup gets a new number and the kernel a new inode. That is what makes a new
+//! size visible with the writeback cache, where the kernel keeps its own size of an inode it
+//! holds and ignores ours. The kernel is told to drop the name (`INVAL_ENTRY`) and the old
+//! inode's pages and attributes (`INVAL_INODE`). A wrong guess costs one extra lookup and a
+//! cold read, never a stale byte.
+
+use std::ffi::OsStr;
+
+use bumpalo::Bump;
+use oxcrypt_core::{Node, NodeKind};
+
+use super::files::stamp;
+use super::Fs;
+use crate::notify::Notice;
+use crate::watch::{Change, Watched};
+
+impl Fs {
+    /// Registers a looked-up or created node with the kernel (one lookup counted) and watches
+    /// it if it is a directory or a shortened file.
+    pub(super) fn remember(&self, parent: u64, name: &str, node: Node, backing: u64) -> u64 {
+        let dir_id = node.dir_id().cloned();
+        let short =
+            (node.shortened && matches!(node.kind, NodeKind::File)).then(|| node.entry.clone());
+        let ino = self.inodes.lookup(parent, name, node, backing);
+        if let Some(id) = dir_id {
+            if !self.watcher.watches(ino) {
+                self.watcher
+                    .watch(&self.vault.content_dir(&id), Watched::Dir(ino));
+            }
+        } else if let Some(entry) = short {
+            if !self.watcher.watches(ino) {
+                self.watcher.watch(&entry, Watched::Shortened(ino));
+            }
+        }
+        ino
+    }
+
+    /// The watcher reported `change` for the entry `file_name` of directory `dir`'s content
+    /// directory.
+    pub fn changed_behind(&self, dir: u64, file_name: &OsStr, change: Change) {
+        let Some(dir_id) = self
+            .inodes
+            .get(dir)
+            .and_then(|d| d.node().dir_id().cloned())
+        else {
+            return;
+        };
+        if change == Change::Name {
+            // Our listing is dropped either way (our own changes dropped it already).
+            self.cache.dir_changed(dir);
+        }
+        let name = file_name
+            .to_str()
+            .and_then(|f| self.vault.entry_name(&dir_id, f))
+            .or_else(|| self.inodes.child_by_entry(dir, file_name).map(|(_, n)| n));
+        let Some(name) = name else { return };
+        let known = self.inodes.peek(dir, &name);
+        let ours = match change {
+            Change::Name => {
+                let on_disk = self
+                    .vault
+                    .lookup_attr_in(&dir_id, &name, &Bump::new())
+                    .ok()
+                    .flatten()
+                    .map(|(_, attr)| attr.ino);
+                let in_table = known.and_then(|i| self.inodes.get(i)).map(|i| i.backing());
+                on_disk == in_table
+            }
+            Change::Content => match known {
+                Some(ino) => !self.file_changed_behind(ino),
+                // The kernel holds no inode under that name: nothing of it is cached.
+                None => true,
+            },
+        };
+        if !ours {
+            tracing::debug!(dir, ?change, "changed behind the mount: invalidated");
+            self.retire(dir, &name, known);
+        }
+    }
+
+    /// The watcher reported a change of shortened file `ino`'s content file.
+    pub fn content_changed_behind(&self, ino: u64) {
+        if self.file_changed_behind(ino) {
+            self.retire_inode(ino);
+        }
+    }
+
+    /// The watcher lost events: every file the kernel holds and nobody has open here is
+    /// retired, and every listing dropped.
+    pub fn all_changed_behind(&self) {
+        for (ino, inode) in self.inodes.all() {
+            if inode.node().is_dir() {
+                self.cache.dir_changed(ino);
+            } else if self.files.shared(inode.backing()).is_none() {
+                self.retire_inode(ino);
+            }
+        }
+    }
+
+    /// Whether file `ino` changed other than through the mount: not open here, and not with
+    /// the stamp its ciphertext had when our last handle closed.
+    fn file_changed_behind(&self, ino: u64) -> bool {
+        let Some(inode) = self.inodes.get(ino) else {
+            return false;
+        };
+        let node = inode.node();
+        if !matches!(node.kind, NodeKind::File) || self.files.shared(inode.backing()).is_some() {
+            return false;
+        }
+        !self.files.unchanged_since_close(ino, stamp(&node))
+    }
+
+    /// Retires inode `ino` under its current name (see the module doc).
+    pub(super) fn retire_inode(&self, ino: u64) {
+        if let Some(inode) = self.inodes.get(ino) {
+            let (parent, name) = inode.place();
+            self.retire(parent, &name, Some(ino));
+        }
+    }
+
+    fn retire(&self, parent: u64, name: &str, ino: Option<u64>) {
+        self.cache.dir_changed(parent);
+        self.inodes.removed(parent, name);
+        if let Some(ino) = ino {
+            self.cache.forget_attr(ino);
+            self.files.forget(ino);
+            self.notices.post(Notice::Inode(ino));
+        }
+        self.notices.post(Notice::Entry {
+            parent,
+            name: name.to_string(),
+        });
+    }
+}
