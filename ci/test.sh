@@ -14,6 +14,8 @@ echo "== pjdfstest on a mount"
 bash ci/pjdfstest.sh
 echo "== fsx on a mount"
 bash ci/fsx.sh
+echo "== the mount tests again with the writeback cache off"
+OXCRYPT_WRITEBACK_CACHE=off cargo test --locked -p oxcrypt-cli --test mount
 echo "== the mount tests, pjdfstest and fsx again, over FUSE-over-io_uring (enable_uring=Y, restored after)"
 bash ci/with-enable-uring.sh cargo test --locked -p oxcrypt-cli --test mount
 bash ci/with-enable-uring.sh bash ci/pjdfstest.sh
