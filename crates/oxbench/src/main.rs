@@ -78,7 +78,8 @@ enum Cmd {
         common: Common,
         /// Targets, comma-separated; the first is the ratio baseline. Besides the defaults:
         /// `oxcrypt-uring` and `oxcrypt-devfuse` force one transport (the ring needs
-        /// enable_uring=Y; run under ci/with-enable-uring.sh).
+        /// enable_uring=Y; run under ci/with-enable-uring.sh); `oxcrypt-nowriteback` turns the
+        /// kernel's writeback cache off.
         #[arg(
             long,
             value_delimiter = ',',

@@ -85,6 +85,11 @@ impl Target {
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec!["--transport".into(), "dev-fuse".into()],
             },
+            // The kernel's writeback cache off (it is on by default).
+            "oxcrypt-nowriteback" => Kind::Oxcrypt {
+                bin: oxcrypt_bin.to_path_buf(),
+                args: vec!["--writeback-cache".into(), "off".into()],
+            },
             "gocryptfs" => {
                 need("gocryptfs")?;
                 Kind::Gocryptfs

@@ -126,7 +126,16 @@ pub struct OpenFile {
     id: u64,
     handle: FileHandle,
     changes: ChangeQueue,
+    /// Cleartext bytes written since the ciphertext's writeback was last started.
+    unsent: std::sync::atomic::AtomicU64,
+    /// A writeback start is queued and has not run yet (one at a time: a start can wait for
+    /// the disk, and a backlog of them would hold up the file's fsync behind them).
+    writeback_queued: std::sync::atomic::AtomicBool,
 }
+
+/// Bytes written to one file after which its ciphertext's writeback is started behind the
+/// writer (see [`FileHandle::start_writeback`]).
+pub const WRITEBACK_EVERY: u64 = 8 << 20;
 
 impl std::fmt::Debug for OpenFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,6 +152,8 @@ impl OpenFile {
             id,
             handle,
             changes: ChangeQueue::default(),
+            unsent: std::sync::atomic::AtomicU64::new(0),
+            writeback_queued: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -326,12 +337,33 @@ impl Engine {
             return Err(nowait::would_block());
         }
         file.changes.wait_for_earlier();
-        if self.tuning.io_on_workers {
-            return self.write_on_worker(file, at, data);
+        let r = if self.tuning.io_on_workers {
+            self.write_on_worker(file, at, data)
+        } else {
+            local::with_io(self.mode, !self.tuning.unregistered_buffers, |io| {
+                file.handle.write_with(io, at, data)
+            })
+        };
+        if r.is_ok() && !self.tuning.late_writeback {
+            self.written(file, data.len() as u64);
         }
-        local::with_io(self.mode, !self.tuning.unregistered_buffers, |io| {
-            file.handle.write_with(io, at, data)
-        })
+        r
+    }
+
+    /// Counts `n` bytes written to `file`; every [`WRITEBACK_EVERY`] bytes its home worker
+    /// starts the ciphertext's writeback, so a large write keeps the disk busy while it is
+    /// encrypted and its fsync finds little left to do (plain ext4 alone starts writeback only
+    /// at its dirty thresholds, gigabytes here). The writer never waits for it.
+    fn written(&self, file: &Arc<OpenFile>, n: u64) {
+        let before = file.unsent.fetch_add(n, Ordering::Relaxed);
+        if before + n >= WRITEBACK_EVERY && !file.writeback_queued.swap(true, Ordering::AcqRel) {
+            file.unsent.store(0, Ordering::Relaxed);
+            self.send(
+                self.home(file),
+                Job::StartWriteback { file: file.clone() },
+                file,
+            );
+        }
     }
 
     /// Changes the size of `file` on its home worker; `done` runs there.

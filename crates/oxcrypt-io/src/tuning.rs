@@ -16,6 +16,9 @@ pub struct Tuning {
     pub metadata_on_thread: bool,
     /// `heap-arena`: a fresh heap arena per request instead of the reused per-thread arena.
     pub heap_arena: bool,
+    /// `late-writeback`: no early start of the ciphertext's writeback behind a writer; the
+    /// backing file system writes it when its own thresholds say so, or at fsync.
+    pub late_writeback: bool,
 }
 
 /// The ablation names [`Tuning`] understands, with what each turns off.
@@ -33,6 +36,10 @@ pub const ABLATIONS: &[(&str, &str)] = &[
         "metadata calls on a spawned thread, not inline",
     ),
     ("heap-arena", "a heap arena per request, not the reused one"),
+    (
+        "late-writeback",
+        "ciphertext written to disk at fsync, not started behind the writer",
+    ),
 ];
 
 impl FromStr for Tuning {
@@ -47,6 +54,7 @@ impl FromStr for Tuning {
                 "io-on-workers" => &mut t.io_on_workers,
                 "metadata-on-thread" => &mut t.metadata_on_thread,
                 "heap-arena" => &mut t.heap_arena,
+                "late-writeback" => &mut t.late_writeback,
                 other => {
                     let known: Vec<&str> = ABLATIONS.iter().map(|a| a.0).collect();
                     return Err(format!(

@@ -40,6 +40,9 @@ pub(crate) enum Job {
         data: Vec<u8>,
         reply: Sender<oxcrypt_core::Result<u64>>,
     },
+    /// Start writing the file's dirty ciphertext to disk (a hint, not a change: not counted
+    /// in the file's queued changes).
+    StartWriteback { file: Arc<OpenFile> },
     /// Answers once every job queued before it is done.
     Barrier(Sender<()>),
 }
@@ -87,6 +90,11 @@ impl Job {
             } => {
                 let _ = reply.send(file.handle.write_with(io, at, &data));
             }
+            Job::StartWriteback { file } => {
+                file.writeback_queued
+                    .store(false, std::sync::atomic::Ordering::Release);
+                file.handle.start_writeback();
+            }
             Job::Barrier(reply) => {
                 let _ = reply.send(());
             }
@@ -105,6 +113,10 @@ impl Job {
             }
             Job::Write { reply, .. } => {
                 let _ = reply.send(Err(err()));
+            }
+            Job::StartWriteback { file } => {
+                file.writeback_queued
+                    .store(false, std::sync::atomic::Ordering::Release);
             }
             Job::Barrier(reply) => {
                 let _ = reply.send(());
