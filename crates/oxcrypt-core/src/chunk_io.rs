@@ -21,6 +21,15 @@ use crate::chunks::{EdgeContents, ReadPlan, WritePlan};
 use crate::content::{ContentCryptor, FileHeader, CHUNK_SIZE, MAX_CHUNK_CIPHERTEXT};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
 
+/// Chunks encrypted by [`ChunkFile::seal`], waiting in the I/O's buffer for
+/// [`ChunkFile::write_sealed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    offset: u64,
+    len: u64,
+    ct_len: usize,
+}
+
 /// Chunks read or written per I/O call (1 MiB of cleartext).
 pub const BATCH_CHUNKS: u64 = 32;
 /// Ciphertext buffer size every [`CiphertextIo`] must offer: [`BATCH_CHUNKS`] + 1 chunks, the
@@ -290,6 +299,80 @@ impl ChunkFile<'_> {
         Ok(())
     }
 
+    /// The first half of a write that keeps no old bytes in the chunks it touches, run
+    /// **without** the file's lock: encrypts `data`, to be written at the chunk-aligned
+    /// `offset`, into `io`'s buffer. A chunk's ciphertext depends only on the header, its index
+    /// and its cleartext, so two such writes of one file (the kernel's writeback sends several
+    /// at once) are encrypted on two cores and only their `pwrite`s take turns. `None` if
+    /// `offset` is not chunk-aligned or `data` is empty or larger than one batch.
+    pub fn seal(&self, io: &mut dyn CiphertextIo, offset: u64, data: &[u8]) -> Option<Sealed> {
+        let len = data.len() as u64;
+        if !offset.is_multiple_of(C) || len == 0 || len > BATCH_CHUNKS * C {
+            return None;
+        }
+        // Planned as if the file ended at `offset`: no chunk then holds old bytes.
+        let plan = WritePlan::new(offset, len, offset)?;
+        let (ct, scratch) = io.buffers();
+        let ct_len = plan.encrypt(
+            self.cryptor,
+            self.header,
+            plan.first,
+            plan.last,
+            Some(data),
+            &|_| None,
+            &mut scratch[..CHUNK_SIZE],
+            ct,
+        );
+        Some(Sealed {
+            offset,
+            len,
+            ct_len,
+        })
+    }
+
+    /// The second half of [`seal`](Self::seal), under the file's exclusive lock, with the
+    /// file now `old_size` bytes long: writes the sealed chunks if they still replace whole
+    /// chunks and need nothing of the old file. `Ok(false)` if they do not (the write starts
+    /// past the end, keeps old bytes after its end, or grows a file whose old last chunk is
+    /// partial and would have to be restored on a failure): the caller writes the usual way.
+    /// Growing is all-or-nothing as in [`write`](Self::write).
+    pub fn write_sealed(
+        &self,
+        io: &mut dyn CiphertextIo,
+        old_size: u64,
+        sealed: &Sealed,
+    ) -> Result<bool> {
+        let end = sealed.offset + sealed.len;
+        let grows = end > old_size;
+        if sealed.offset > old_size
+            || (!grows && !sealed.len.is_multiple_of(C))
+            || (grows && !old_size.is_multiple_of(C))
+        {
+            return Ok(false);
+        }
+        let combo = self.cryptor.combo();
+        let old_ct = combo.ciphertext_size(old_size);
+        let new_ct = combo.ciphertext_size(old_size.max(end));
+        if grows && new_ct - old_ct > RESERVE_ABOVE {
+            reserve(self.file, old_ct, new_ct - old_ct).at(self.path)?;
+        }
+        let at = combo.chunk_offset(sealed.offset / C);
+        let n = sealed.ct_len;
+        let r = if at < old_ct && at + n as u64 > old_ct {
+            // The part beyond the old end first: if it fails, no old byte was touched.
+            let head = (old_ct - at) as usize;
+            io.write(self.file, head, n - head, old_ct)
+                .and_then(|_| io.write(self.file, 0, head, at))
+        } else {
+            io.write(self.file, 0, n, at)
+        }
+        .at(self.path);
+        if r.is_err() && grows {
+            self.roll_back(io, old_ct, None);
+        }
+        r.map(|_| true)
+    }
+
     /// Undoes a failed growing write: the ciphertext is cut back to `old_ct` bytes and the old
     /// partial last chunk (`(index, edges holding its old cleartext)`) is written again, in
     /// place, needing no new space.
@@ -464,6 +547,66 @@ mod tests {
         (0..len)
             .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
             .collect()
+    }
+
+    /// A write through seal + write_sealed when they apply, else the usual one (as
+    /// `FileHandle::write_with` does); returns whether the sealed path took it.
+    fn write_maybe_sealed(f: &Fixture, io: &mut TestIo, offset: u64, data: &[u8]) -> bool {
+        let size = f.size();
+        if let Some(s) = f.cf().seal(io, offset, data) {
+            if f.cf().write_sealed(io, size, &s).unwrap() {
+                return true;
+            }
+        }
+        f.cf()
+            .write(io, size, offset, data.len() as u64, Some(data))
+            .unwrap();
+        false
+    }
+
+    #[test]
+    fn sealed_writes_match_the_model_and_decline_what_needs_old_bytes() {
+        let c = CHUNK_SIZE;
+        for combo in [CipherCombo::SivGcm, CipherCombo::SivCtrMac] {
+            let f = Fixture::new(combo);
+            let mut model: Vec<u8> = Vec::new();
+            // (offset, length, whether the sealed path may take it)
+            let steps: [(usize, usize, bool); 8] = [
+                (0, 4 * c, true),           // aligned append of whole chunks
+                (4 * c, 2 * c + 100, true), // aligned append ending in a partial chunk
+                (6 * c, c, false),          // grows a file whose last chunk is partial
+                (2 * c, c, true),           // whole chunks in the middle, in place
+                (3 * c, 50, false),         // a partial chunk with old bytes after it
+                (10 * c, c, false),         // starts past the end (a gap)
+                (5 * c + 7, 10, false),     // unaligned
+                (8 * c, 6 * c, true),       // straddles the old end, aligned
+            ];
+            for (k, (at, len, sealed)) in steps.into_iter().enumerate() {
+                let d = pattern(len, k as u8 + 3);
+                let mut io = io();
+                let took = write_maybe_sealed(&f, &mut io, at as u64, &d);
+                assert_eq!(took, sealed, "{combo:?} step {k}: sealed path taken?");
+                if model.len() < at + len {
+                    model.resize(at + len, 0);
+                }
+                model[at..at + len].copy_from_slice(&d);
+                assert_eq!(f.read_all(), model, "{combo:?} step {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_sealed_growing_write_that_fails_leaves_the_file_as_it_was() {
+        let f = Fixture::new(CipherCombo::SivGcm);
+        let old = pattern(2 * CHUNK_SIZE, 1);
+        f.write(0, &old);
+        let mut io = io();
+        io.fail_write_at = Some(1);
+        let d = pattern(3 * CHUNK_SIZE, 2);
+        let s = f.cf().seal(&mut io, CHUNK_SIZE as u64, &d).unwrap();
+        let r = f.cf().write_sealed(&mut io, f.size(), &s);
+        assert!(r.is_err());
+        assert_eq!(f.read_all(), old);
     }
 
     #[test]

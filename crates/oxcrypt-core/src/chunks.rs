@@ -217,6 +217,15 @@ impl WritePlan {
         for i in from..=to {
             let chunk_start = i * C;
             let chunk_len = (self.new_size.min(chunk_start + C) - chunk_start) as usize;
+            // A chunk the data covers whole is encrypted straight from it (no copy).
+            if let Some(d) = data {
+                if self.offset <= chunk_start && chunk_start + chunk_len as u64 <= self.end {
+                    let at = (chunk_start - self.offset) as usize;
+                    pos +=
+                        cryptor.encrypt_chunk(header, i, &d[at..at + chunk_len], &mut out[pos..]);
+                    continue;
+                }
+            }
             let clear = &mut clear[..chunk_len];
             match old(i).filter(|_| self.needs_old(i)) {
                 Some(prev) => {

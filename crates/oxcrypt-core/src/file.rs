@@ -203,7 +203,16 @@ impl FileHandle {
 
     /// Writes `data` at `at` through `io`, growing the file (with zeros) as needed; returns the
     /// cleartext offset it was written at. Holds the lock exclusively.
+    ///
+    /// A write at a chunk boundary that replaces whole chunks (a sequential stream, the
+    /// kernel's writeback) is encrypted before the lock is taken (see [`ChunkFile::seal`]);
+    /// only writing it out holds the lock.
     pub fn write_with(&self, io: &mut dyn CiphertextIo, at: WriteAt, data: &[u8]) -> Result<u64> {
+        if let WriteAt::Offset(offset) = at {
+            if let Some(r) = self.write_sealed_with(io, offset, data) {
+                return r;
+            }
+        }
         let mut guard = self.exclusive();
         let header = self.ensure_header(&mut guard)?;
         let old_size = self.size_unlocked()?;
@@ -214,6 +223,33 @@ impl FileHandle {
         self.chunk_file(&header)
             .write(io, old_size, offset, data.len() as u64, Some(data))?;
         Ok(offset)
+    }
+
+    /// The sealed path of [`write_with`](Self::write_with); `None` when it does not apply
+    /// (no header yet, an unaligned or partial-chunk write, or the header replaced meanwhile)
+    /// and the usual path must run.
+    fn write_sealed_with(
+        &self,
+        io: &mut dyn CiphertextIo,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<Result<u64>> {
+        let header = self.shared().clone()?;
+        let sealed = self.chunk_file(&header).seal(io, offset, data)?;
+        let guard = self.exclusive();
+        // Sealed under another header than the file has now: worthless.
+        if !guard.as_ref().is_some_and(|h| Arc::ptr_eq(h, &header)) {
+            return None;
+        }
+        let old_size = match self.size_unlocked() {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        match self.chunk_file(&header).write_sealed(io, old_size, &sealed) {
+            Ok(true) => Some(Ok(offset)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Changes the cleartext size through `io`: shrinking re-encrypts the new last chunk,
