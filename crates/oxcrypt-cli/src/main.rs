@@ -330,7 +330,12 @@ enum Command {
         #[arg(long, default_value_t = 1000, value_name = "MS")]
         cache_ms: u64,
         /// Kernel read-ahead of the mount in KiB.
-        #[arg(long, default_value_t = 1024, value_name = "KIB")]
+        #[arg(
+            long,
+            default_value_t = 1024,
+            value_name = "KIB",
+            env = "OXCRYPT_READ_AHEAD_KB"
+        )]
         read_ahead_kb: u32,
         /// The kernel's writeback cache: `write(2)` returns once the bytes are in the page
         /// cache and the kernel sends them in large batches, several at once, so one writer's
