@@ -359,7 +359,7 @@ enum Command {
         #[arg(long, value_enum, default_value = "auto", env = "OXCRYPT_TRANSPORT")]
         transport: TransportArg,
         /// Ring entries per CPU queue of the io_uring transport (1 MiB of buffer each).
-        #[arg(long, default_value_t = 8, value_name = "N")]
+        #[arg(long, default_value_t = 4, value_name = "N")]
         ring_depth: usize,
         /// At exit, print how many requests each io_uring queue served and which requests
         /// came over /dev/fuse, by opcode.

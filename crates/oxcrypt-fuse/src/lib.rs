@@ -93,7 +93,7 @@ impl Default for MountOptions {
             readdirplus: true,
             writeback_cache: true,
             transport: TransportChoice::Auto,
-            ring_depth: 8,
+            ring_depth: 4,
         }
     }
 }
