@@ -147,7 +147,7 @@ mod tests {
             "/srv/v",
             "/mnt/v",
             "-o",
-            "rw,noauto,x-systemd.automount,allow_other,passfile=/etc/pw,idle=15m,ro",
+            "rw,noauto,x-systemd.automount,allow_other,passfile=/etc/pw,idle=15m,writeback=off,ro",
         ])
         .unwrap();
         assert_eq!(
@@ -163,6 +163,8 @@ mod tests {
                 "/etc/pw",
                 "--idle",
                 "15m",
+                "--writeback-cache",
+                "off",
                 "--read-only"
             ]
         );
