@@ -45,8 +45,10 @@ impl Watched {
 /// What an event says changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Change {
-    /// An entry appeared, went or was renamed.
+    /// An entry appeared, or appeared and went, under the name.
     Name,
+    /// An entry went from under the name (deleted or renamed away), nothing appeared.
+    Gone,
     /// A file's content or attributes changed.
     Content,
 }
@@ -168,11 +170,22 @@ impl Watcher {
     }
 }
 
+/// What one batch saw happen to one entry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    /// Created or renamed in.
+    came: bool,
+    /// Deleted or renamed away.
+    went: bool,
+    /// Content or attributes changed.
+    content: bool,
+}
+
 /// One batch's events, identical ones merged.
 #[derive(Default)]
 struct Batch {
     /// (watch, entry name) → what changed.
-    entries: HashMap<(i32, OsString), (bool, bool)>,
+    entries: HashMap<(i32, OsString), Seen>,
     overflow: bool,
     gone: Vec<i32>,
 }
@@ -197,21 +210,21 @@ fn parse(buf: &[u8], batch: &mut Batch) -> u64 {
             batch.gone.push(ev.wd);
             continue;
         }
-        let name_change = ev.mask
-            & (libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_FROM | libc::IN_MOVED_TO)
-            != 0;
+        let came = ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0;
+        let went = ev.mask & (libc::IN_DELETE | libc::IN_MOVED_FROM) != 0;
         // A directory's own attributes (IN_ISDIR without a name change) are left to the TTL.
         let content = ev.mask & (libc::IN_MODIFY | libc::IN_CLOSE_WRITE | libc::IN_ATTRIB) != 0
             && ev.mask & libc::IN_ISDIR == 0;
-        if !(name_change || content) {
+        if !(came || went || content) {
             continue;
         }
         let e = batch
             .entries
             .entry((ev.wd, name.to_os_string()))
             .or_default();
-        e.0 |= name_change;
-        e.1 |= content;
+        e.came |= came;
+        e.went |= went;
+        e.content |= content;
     }
     n
 }
@@ -241,15 +254,17 @@ fn read_events(fd: i32, fs: &Weak<Fs>) {
             tracing::warn!("inotify queue overflow: every cached file is invalidated");
             fs.all_changed_behind();
         }
-        for ((wd, name), (name_change, content)) in batch.entries {
+        for ((wd, name), seen) in batch.entries {
             let Some(what) = fs.watcher().watched.get(&wd).map(|w| *w) else {
                 continue;
             };
             match what {
                 Watched::Dir(dir) => {
-                    if name_change {
+                    if seen.came {
                         fs.changed_behind(dir, &name, Change::Name);
-                    } else if content {
+                    } else if seen.went {
+                        fs.changed_behind(dir, &name, Change::Gone);
+                    } else if seen.content {
                         fs.changed_behind(dir, &name, Change::Content);
                     }
                 }
@@ -287,19 +302,26 @@ mod tests {
         buf.extend(event(3, libc::IN_MODIFY, "a.c9r"));
         buf.extend(event(3, libc::IN_CLOSE_WRITE, "a.c9r"));
         buf.extend(event(3, libc::IN_CREATE, "b.c9r"));
+        buf.extend(event(3, libc::IN_DELETE, "c.c9r"));
         buf.extend(event(3, libc::IN_ATTRIB | libc::IN_ISDIR, "d.c9r"));
         buf.extend(event(4, libc::IN_IGNORED, ""));
         buf.extend(event(-1, libc::IN_Q_OVERFLOW, ""));
         let mut b = Batch::default();
-        assert_eq!(parse(&buf, &mut b), 7);
+        assert_eq!(parse(&buf, &mut b), 8);
         assert_eq!(
             b.entries.len(),
-            2,
+            3,
             "{:?}",
             b.entries.keys().collect::<Vec<_>>()
         );
-        assert_eq!(b.entries[&(3, "a.c9r".into())], (false, true));
-        assert_eq!(b.entries[&(3, "b.c9r".into())], (true, false));
+        let seen = |came, went, content| Seen {
+            came,
+            went,
+            content,
+        };
+        assert_eq!(b.entries[&(3, "a.c9r".into())], seen(false, false, true));
+        assert_eq!(b.entries[&(3, "b.c9r".into())], seen(true, false, false));
+        assert_eq!(b.entries[&(3, "c.c9r".into())], seen(false, true, false));
         assert_eq!(b.gone, vec![4]);
         assert!(b.overflow);
     }

@@ -4,7 +4,8 @@
 //! Our own changes make the same inotify events as a sync client's, so each report is checked
 //! against what we know before anything is invalidated:
 //! - a name that came or went: the entry on disk is compared with the inode table (same
-//!   backing file under the name, or neither has it: ours);
+//!   backing file under the name, or neither has it: ours); a name that only went and that the
+//!   table no longer has is ours without looking (our unlink or rename dropped it first);
 //! - a file's content: ours if a handle has the file open here (a sync client writing into a
 //!   file open for writing through the mount is a conflict no cache can settle), or if the
 //!   ciphertext still has the stamp it had when our last handle closed.
@@ -57,7 +58,7 @@ impl Fs {
         else {
             return;
         };
-        if change == Change::Name {
+        if change != Change::Content {
             // Our listing is dropped either way (our own changes dropped it already).
             self.cache.dir_changed(dir);
         }
@@ -68,7 +69,10 @@ impl Fs {
         let Some(name) = name else { return };
         let known = self.inodes.peek(dir, &name);
         let ours = match change {
-            Change::Name => {
+            // Gone, and the kernel holds no inode under the name (ours went with our own
+            // unlink or rename): nothing to drop, no need to look at the disk.
+            Change::Gone if known.is_none() => true,
+            Change::Name | Change::Gone => {
                 let on_disk = self
                     .vault
                     .lookup_attr_in(&dir_id, &name, &Bump::new())
