@@ -141,6 +141,13 @@ impl FileHandle {
         Ok(attr_from(FileType::File, size, md.nlink() as u32, &md))
     }
 
+    /// The ciphertext's (modification time, length) from the descriptor: what a change left
+    /// behind, for telling our changes from someone else's.
+    pub fn ciphertext_stamp(&self) -> Option<(std::time::SystemTime, u64)> {
+        let md = self.file.metadata().ok()?;
+        Some((md.modified().ok()?, md.len()))
+    }
+
     /// Current cleartext size. Waits for a change in progress.
     pub fn size(&self) -> Result<u64> {
         let _shared = self.shared();

@@ -20,6 +20,7 @@ pub mod mountpoint;
 pub mod notify;
 pub mod open_files;
 pub mod ops;
+pub mod own_changes;
 pub mod page_cache;
 pub mod uring;
 pub mod watch;

@@ -129,26 +129,26 @@ impl OpenFileTable {
         };
         self.page_cache.closed(ino, stamp);
         if Arc::strong_count(&h.file) == 1 {
-            self.by_file.remove_if(&h.key, |_, w| w.strong_count() <= 1);
+            // Only if the entry is still this file (a detached file's key may have a new one).
+            self.by_file.remove_if(&h.key, |_, w| {
+                std::ptr::eq(w.as_ptr(), Arc::as_ptr(&h.file)) && w.strong_count() <= 1
+            });
         }
         true
+    }
+
+    /// The ciphertext `key` changed behind the mount's back: the open file (its header and
+    /// size as read at open) is no longer shared with new opens, which read the file afresh.
+    /// Handles already open keep it (a file changed under an open handle is a conflict; what
+    /// they read is checked against the header they have, so they get EIO, never wrong
+    /// bytes).
+    pub fn detach(&self, key: FileKey) {
+        self.by_file.remove(&key);
     }
 
     /// The kernel forgot `ino`: drops what the page-cache policy kept of it.
     pub fn forget(&self, ino: u64) {
         self.page_cache.forget(ino);
-    }
-
-    /// Whether `now` is the stamp `ino`'s ciphertext had when its last handle closed (the
-    /// file did not change since, or changed only through the mount).
-    pub fn unchanged_since_close(&self, ino: u64, now: Option<Stamp>) -> bool {
-        self.page_cache.unchanged_since_close(ino, now)
-    }
-
-    /// Records `now` as the stamp of `ino` after a change made through the mount while no
-    /// handle was open (a truncate, chmod or utimens by path).
-    pub fn restamp(&self, ino: u64, now: Option<Stamp>) {
-        self.page_cache.restamp(ino, now);
     }
 
     /// Every file open now.

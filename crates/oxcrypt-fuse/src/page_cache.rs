@@ -58,28 +58,6 @@ impl PageCachePolicy {
         }
     }
 
-    /// Whether `now` is the stamp kept at the last close of `ino`.
-    pub fn unchanged_since_close(&self, ino: u64, now: Option<Stamp>) -> bool {
-        now.is_some() && self.stamps.get(&ino).map(|s| *s) == now
-    }
-
-    /// Replaces the kept stamp of `ino` by `now` if no handle is open and the file is not
-    /// suspect (a change through the mount without a handle keeps the kernel's pages right:
-    /// a truncate cuts them itself, mode and times do not touch them).
-    pub fn restamp(&self, ino: u64, now: Option<Stamp>) {
-        if self.open.contains_key(&ino) || !self.stamps.contains_key(&ino) {
-            return;
-        }
-        match now {
-            Some(s) => {
-                self.stamps.insert(ino, s);
-            }
-            None => {
-                self.stamps.remove(&ino);
-            }
-        }
-    }
-
     /// The kernel forgot `ino` (its number is never used again): drops its stamp.
     pub fn forget(&self, ino: u64) {
         self.stamps.remove(&ino);

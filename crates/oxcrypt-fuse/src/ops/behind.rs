@@ -6,9 +6,9 @@
 //! - a name that came or went: the entry on disk is compared with the inode table (same
 //!   backing file under the name, or neither has it: ours); a name that only went and that the
 //!   table no longer has is ours without looking (our unlink or rename dropped it first);
-//! - a file's content: ours if a handle has the file open here (a sync client writing into a
-//!   file open for writing through the mount is a conflict no cache can settle), or if the
-//!   ciphertext still has the stamp it had when our last handle closed.
+//! - a file's content: ours if one of our changes to it is in flight, or the ciphertext still
+//!   has the stamp our last change left (`own_changes.rs`); a file we never changed was
+//!   changed by someone else.
 //!
 //! An invalidation **retires** the inode: the name is unlinked from its number in the table,
 //! so the next lookup gets a new number and the kernel a new inode. That is what makes a new
@@ -90,6 +90,9 @@ impl Fs {
         };
         if !ours {
             tracing::debug!(dir, ?change, "changed behind the mount: invalidated");
+            if let Some(ino) = known {
+                self.detach(ino);
+            }
             self.retire(dir, &name, known);
         }
     }
@@ -97,6 +100,7 @@ impl Fs {
     /// The watcher reported a change of shortened file `ino`'s content file.
     pub fn content_changed_behind(&self, ino: u64) {
         if self.file_changed_behind(ino) {
+            self.detach(ino);
             self.retire_inode(ino);
         }
     }
@@ -108,22 +112,26 @@ impl Fs {
             if inode.node().is_dir() {
                 self.cache.dir_changed(ino);
             } else if self.files.shared(inode.backing()).is_none() {
+                self.detach(ino);
                 self.retire_inode(ino);
             }
         }
     }
 
-    /// Whether file `ino` changed other than through the mount: not open here, and not with
-    /// the stamp its ciphertext had when our last handle closed.
+    /// Whether file `ino` changed other than through the mount (see `own_changes.rs`).
     fn file_changed_behind(&self, ino: u64) -> bool {
         let Some(inode) = self.inodes.get(ino) else {
             return false;
         };
         let node = inode.node();
-        if !matches!(node.kind, NodeKind::File) || self.files.shared(inode.backing()).is_some() {
-            return false;
+        matches!(node.kind, NodeKind::File) && !self.own.is_ours(inode.backing(), || stamp(&node))
+    }
+
+    /// New opens of `ino`'s ciphertext read it afresh (its header may have changed).
+    fn detach(&self, ino: u64) {
+        if let Some(inode) = self.inodes.get(ino) {
+            self.files.detach(inode.backing());
         }
-        !self.files.unchanged_since_close(ino, stamp(&node))
     }
 
     /// Retires inode `ino` under its current name (see the module doc).

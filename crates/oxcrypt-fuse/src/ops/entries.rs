@@ -122,7 +122,8 @@ impl Fs {
 
     /// FORGET: the kernel dropped `nlookup` lookups of `ino`.
     pub fn forget(&self, ino: u64, nlookup: u64) {
-        if self.inodes.forget(ino, nlookup).is_some() {
+        if let Some(gone) = self.inodes.forget(ino, nlookup) {
+            self.own.forget(gone.backing());
             self.cache.drop_inode(ino);
             self.files.forget(ino);
             self.watcher.unwatch(ino);
@@ -140,30 +141,37 @@ impl Fs {
     pub fn setattr(&self, ino: u64, set: SetAttr) -> OpResult<Attr> {
         self.writable()?;
         let node = self.node(ino)?;
+        let key = self.file_key(ino)?;
+        // Our own change: the watcher must not take it for one behind the mount's back.
+        self.own.begin(key);
+        let r = self.setattr_in(ino, &node, set);
+        self.own.end(key, super::files::stamp(&node));
+        r
+    }
+
+    fn setattr_in(&self, ino: u64, node: &oxcrypt_core::Node, set: SetAttr) -> OpResult<Attr> {
         if let Some(size) = set.size {
             if node.is_dir() {
                 return Err(Errno::EISDIR);
             }
             let file = match set.fh {
                 Some(fh) => self.files.get(fh).ok_or(Errno::EBADF)?.0,
-                None => self.open_shared(ino, &node)?,
+                None => self.open_shared(ino, node)?,
             };
             self.set_len_and_wait(&file, SetLen::Exactly(size))?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            self.vault.chown(&node, set.uid, set.gid)?;
+            self.vault.chown(node, set.uid, set.gid)?;
         }
         if let Some(mode) = set.mode {
-            self.vault.set_perm(&node, mode)?;
+            self.vault.set_perm(node, mode)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             self.vault
-                .set_times(&node, set.atime.map(time_of), set.mtime.map(time_of))?;
+                .set_times(node, set.atime.map(time_of), set.mtime.map(time_of))?;
         }
         self.cache.forget_attr(ino);
-        // Our own change: the watcher must not take it for one behind the mount's back.
-        self.files.restamp(ino, super::files::stamp(&node));
-        self.attr(ino, &node)
+        self.attr(ino, node)
     }
 
     /// READLINK.

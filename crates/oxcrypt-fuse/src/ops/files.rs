@@ -91,6 +91,7 @@ impl Fs {
             let (node, handle, attr) =
                 self.vault
                     .create_open(&dir, name, mode & 0o7777, Some((uid, gid)))?;
+            self.own.settled(attr.ino, handle.ciphertext_stamp());
             let ino = self.register_new(parent, node, attr);
             let file = self.files.share_new(attr.ino, handle);
             let (fh, _) = self
@@ -124,7 +125,10 @@ impl Fs {
         } else {
             WriteAt::Offset(offset)
         };
+        let key = self.file_key(ino)?;
+        self.own.begin(key);
         let r = self.engine.write(&file, at, data);
+        self.own.end(key, file.handle().ciphertext_stamp());
         // Forgotten after the write: attributes read before or during it are dropped, and a
         // getattr that read them then does not store them (the cache's epochs).
         self.cache.forget_attr(ino);
@@ -166,7 +170,10 @@ impl Fs {
         self.writable()?;
         let (file, _) = self.files.get(fh).ok_or(Errno::EBADF)?;
         let end = offset.checked_add(length).ok_or(Errno::EINVAL)?;
+        let key = self.file_key(ino)?;
+        self.own.begin(key);
         let r = self.set_len_and_wait(&file, SetLen::GrowTo(end));
+        self.own.end(key, file.handle().ciphertext_stamp());
         self.cache.forget_attr(ino);
         r
     }

@@ -106,6 +106,8 @@ pub struct Fs {
     watcher: crate::watch::Watcher,
     /// Invalidations for the kernel, written by their own thread.
     notices: Arc<crate::notify::Notices>,
+    /// Our own changes to file contents (for the watcher).
+    own: crate::own_changes::OwnChanges,
 }
 
 impl Fs {
@@ -120,6 +122,7 @@ impl Fs {
         Fs {
             watcher,
             notices: Arc::default(),
+            own: Default::default(),
             inodes: InodeTable::new(vault.root()),
             vault,
             engine,
