@@ -3,9 +3,11 @@
 //! Every change the mount makes to a file's ciphertext (a WRITE, a truncate or grow, a mode,
 //! owner or time change, the header of a new file) is bracketed: [`OwnChanges::begin`] before,
 //! [`OwnChanges::end`] after, with the ciphertext's (mtime, length) as the change left it. The
-//! watcher then asks [`OwnChanges::is_ours`]: a change is ours if one of ours is in flight, if
-//! one of ours finished while it looked, or if the ciphertext still has the stamp our last
-//! change left. A file the mount never changed has no record, so any change to it is someone
+//! watcher then asks [`OwnChanges::verdict`]: ours if the ciphertext still has the stamp our
+//! last change left, someone else's if not, and "ask again later" while one of ours is in
+//! flight or ran while it looked (the report may mix a sync client's change with ours: the
+//! kernel sends the times of a file late, at write-back of the inode, so a SETATTR of ours can
+//! land right after a sync client's rewrite, and the two merge into one inotify report). A file the mount never changed has no record, so any change to it is someone
 //! else's, also while a handle of ours only reads it (the case an "is it open here" test got
 //! wrong: a sync client rewriting a file right after a program read it, before the kernel's
 //! RELEASE reached us).
@@ -17,6 +19,17 @@ use dashmap::DashMap;
 
 use crate::open_files::FileKey;
 use crate::page_cache::Stamp;
+
+/// What [`OwnChanges::verdict`] says of a reported change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The ciphertext is as our last change left it.
+    Ours,
+    /// Someone else changed it (or we never did).
+    Theirs,
+    /// A change of ours is running or ran while we looked: ask again later.
+    Busy,
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Record {
@@ -50,6 +63,20 @@ impl OwnChanges {
         r.stamp = stamp;
     }
 
+    /// Like [`end`](Self::end) for a change of mode, owner or times only, which found the
+    /// ciphertext at `before`: the new stamp is taken only if `before` was ours. The kernel
+    /// sends the times of a file it cached late (at write-back of the inode, after the last
+    /// close), so such a change can land on a file a sync client has rewritten meanwhile; taking
+    /// its stamp then would pass the sync client's change off as ours.
+    pub fn end_attrs(&self, key: FileKey, before: Option<Stamp>, after: Option<Stamp>) {
+        let mut r = self.files.entry(key).or_default();
+        r.in_flight = r.in_flight.saturating_sub(1);
+        r.generation += 1;
+        if before.is_some() && r.stamp == before {
+            r.stamp = after;
+        }
+    }
+
     /// Records a change of `key` that is already over (a file just created).
     pub fn settled(&self, key: FileKey, stamp: Option<Stamp>) {
         self.begin(key);
@@ -62,18 +89,17 @@ impl OwnChanges {
     }
 
     /// Whether the ciphertext of `key`, whose stamp `now` reads, is as our own changes left it.
-    pub fn is_ours(&self, key: FileKey, now: impl FnOnce() -> Option<Stamp>) -> bool {
+    pub fn verdict(&self, key: FileKey, now: impl FnOnce() -> Option<Stamp>) -> Verdict {
         let before = match self.files.get(&key) {
-            None => return false,
-            Some(r) if r.in_flight > 0 => return true,
+            None => return Verdict::Theirs,
+            Some(r) if r.in_flight > 0 => return Verdict::Busy,
             Some(r) => *r,
         };
         let current = now();
         match self.files.get(&key) {
-            // One of ours started or ended while we looked: the stamp may be its.
-            Some(r) if r.generation != before.generation => true,
-            Some(_) => current.is_some() && current == before.stamp,
-            None => false,
+            Some(r) if r.generation != before.generation => Verdict::Busy,
+            Some(_) if current.is_some() && current == before.stamp => Verdict::Ours,
+            _ => Verdict::Theirs,
         }
     }
 }
@@ -90,22 +116,35 @@ mod tests {
     #[test]
     fn ours_while_in_flight_or_unchanged_since_and_never_for_an_unknown_file() {
         let o = OwnChanges::default();
-        assert!(!o.is_ours(1, || st(5)), "never changed by us");
+        use Verdict::*;
+        assert_eq!(o.verdict(1, || st(5)), Theirs, "never changed by us");
         o.begin(1);
-        assert!(o.is_ours(1, || st(6)), "in flight");
+        assert_eq!(o.verdict(1, || st(6)), Busy, "in flight");
         o.end(1, st(6));
-        assert!(o.is_ours(1, || st(6)));
-        assert!(!o.is_ours(1, || st(7)), "changed since, by someone else");
-        assert!(!o.is_ours(1, || None), "gone or unreadable");
-        // A change of ours that ends while the check reads the stamp.
-        assert!(o.is_ours(1, || {
+        assert_eq!(o.verdict(1, || st(6)), Ours);
+        assert_eq!(
+            o.verdict(1, || st(7)),
+            Theirs,
+            "changed since, by someone else"
+        );
+        assert_eq!(o.verdict(1, || None), Theirs, "gone or unreadable");
+        // A change of ours that ends while the check reads the stamp: decided later.
+        let raced = o.verdict(1, || {
             o.begin(1);
             o.end(1, st(8));
             st(8)
-        }));
+        });
+        assert_eq!(raced, Busy);
+        assert_eq!(o.verdict(1, || st(8)), Ours);
+        // Times set late on a file someone else rewrote: their change stays theirs.
+        o.begin(1);
+        o.end_attrs(1, st(20), st(21));
+        assert_eq!(o.verdict(1, || st(21)), Theirs);
         o.settled(2, st(1));
-        assert!(o.is_ours(2, || st(1)));
+        o.begin(2);
+        o.end_attrs(2, st(1), st(2));
+        assert_eq!(o.verdict(2, || st(2)), Ours, "times set on our own state");
         o.forget(2);
-        assert!(!o.is_ours(2, || st(1)));
+        assert_eq!(o.verdict(2, || st(2)), Theirs);
     }
 }

@@ -231,7 +231,25 @@ fn parse(buf: &[u8], batch: &mut Batch) -> u64 {
 
 fn read_events(fd: i32, fs: &Weak<Fs>) {
     let mut buf = vec![0u8; 64 * 1024];
+    // Reports left undecided while a change of ours ran, asked again with the next batch.
+    let mut again: Vec<((i32, OsString), Seen)> = Vec::new();
     loop {
+        if !again.is_empty() {
+            // Do not wait for a new event to decide the old ones.
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } == 0 {
+                let Some(fs) = fs.upgrade() else { return };
+                again = decide(&fs, std::mem::take(&mut again));
+                drop(fs);
+                std::thread::sleep(GATHER);
+                continue;
+            }
+        }
         // SAFETY: our inotify descriptor (kept open by the Fs, or closed and then EBADF) and
         // a buffer of that length.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
@@ -243,7 +261,11 @@ fn read_events(fd: i32, fs: &Weak<Fs>) {
         }
         let Some(fs) = fs.upgrade() else { return };
         let mut batch = Batch::default();
+        for (k, seen) in std::mem::take(&mut again) {
+            batch.entries.insert(k, seen);
+        }
         let count = parse(&buf[..n as usize], &mut batch);
+        tracing::trace!(count, entries = batch.entries.len(), "inotify batch");
         fs.watcher().events.fetch_add(count, Ordering::Relaxed);
         for wd in batch.gone {
             if let Some((_, w)) = fs.watcher().watched.remove(&wd) {
@@ -254,30 +276,40 @@ fn read_events(fd: i32, fs: &Weak<Fs>) {
             tracing::warn!("inotify queue overflow: every cached file is invalidated");
             fs.all_changed_behind();
         }
-        for ((wd, name), seen) in batch.entries {
-            let Some(what) = fs.watcher().watched.get(&wd).map(|w| *w) else {
-                continue;
-            };
-            match what {
-                Watched::Dir(dir) => {
-                    if seen.came {
-                        fs.changed_behind(dir, &name, Change::Name);
-                    } else if seen.went {
-                        fs.changed_behind(dir, &name, Change::Gone);
-                    } else if seen.content {
-                        fs.changed_behind(dir, &name, Change::Content);
-                    }
-                }
-                Watched::Shortened(ino) => {
-                    if name == OsStr::new(oxcrypt_core::node::CONTENTS_FILE) {
-                        fs.content_changed_behind(ino);
-                    }
-                }
-            }
-        }
+        again = decide(&fs, batch.entries.into_iter().collect());
         drop(fs);
         std::thread::sleep(GATHER);
     }
+}
+
+/// Hands each report to `fs`; returns those it could not decide yet.
+fn decide(fs: &Fs, reports: Vec<((i32, OsString), Seen)>) -> Vec<((i32, OsString), Seen)> {
+    let mut again = Vec::new();
+    for ((wd, name), seen) in reports {
+        let Some(what) = fs.watcher().watched.get(&wd).map(|w| *w) else {
+            continue;
+        };
+        let decided = match what {
+            Watched::Dir(dir) => {
+                let change = if seen.came {
+                    Change::Name
+                } else if seen.went {
+                    Change::Gone
+                } else {
+                    Change::Content
+                };
+                fs.changed_behind(dir, &name, change)
+            }
+            Watched::Shortened(ino) => {
+                name != OsStr::new(oxcrypt_core::node::CONTENTS_FILE)
+                    || fs.content_changed_behind(ino)
+            }
+        };
+        if !decided {
+            again.push(((wd, name), seen));
+        }
+    }
+    again
 }
 
 #[cfg(test)]

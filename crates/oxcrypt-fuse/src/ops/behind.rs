@@ -25,6 +25,7 @@ use oxcrypt_core::{Node, NodeKind};
 use super::files::stamp;
 use super::Fs;
 use crate::notify::Notice;
+use crate::own_changes::Verdict;
 use crate::watch::{Change, Watched};
 
 impl Fs {
@@ -49,14 +50,14 @@ impl Fs {
     }
 
     /// The watcher reported `change` for the entry `file_name` of directory `dir`'s content
-    /// directory.
-    pub fn changed_behind(&self, dir: u64, file_name: &OsStr, change: Change) {
+    /// directory. False: undecided while a change of ours to the file runs; report it again.
+    pub fn changed_behind(&self, dir: u64, file_name: &OsStr, change: Change) -> bool {
         let Some(dir_id) = self
             .inodes
             .get(dir)
             .and_then(|d| d.node().dir_id().cloned())
         else {
-            return;
+            return true;
         };
         if change != Change::Content {
             // Our listing is dropped either way (our own changes dropped it already).
@@ -66,8 +67,9 @@ impl Fs {
             .to_str()
             .and_then(|f| self.vault.entry_name(&dir_id, f))
             .or_else(|| self.inodes.child_by_entry(dir, file_name).map(|(_, n)| n));
-        let Some(name) = name else { return };
+        let Some(name) = name else { return true };
         let known = self.inodes.peek(dir, &name);
+        tracing::trace!(dir, ?change, ?known, "change reported");
         let ours = match change {
             // Gone, and the kernel holds no inode under the name (ours went with our own
             // unlink or rename): nothing to drop, no need to look at the disk.
@@ -82,8 +84,9 @@ impl Fs {
                 let in_table = known.and_then(|i| self.inodes.get(i)).map(|i| i.backing());
                 on_disk == in_table
             }
-            Change::Content => match known {
-                Some(ino) => !self.file_changed_behind(ino),
+            Change::Content => match known.map(|ino| self.content_verdict(ino)) {
+                Some(Verdict::Busy) => return false,
+                Some(v) => v == Verdict::Ours,
                 // The kernel holds no inode under that name: nothing of it is cached.
                 None => true,
             },
@@ -95,14 +98,21 @@ impl Fs {
             }
             self.retire(dir, &name, known);
         }
+        true
     }
 
-    /// The watcher reported a change of shortened file `ino`'s content file.
-    pub fn content_changed_behind(&self, ino: u64) {
-        if self.file_changed_behind(ino) {
-            self.detach(ino);
-            self.retire_inode(ino);
+    /// The watcher reported a change of shortened file `ino`'s content file. False:
+    /// undecided, report it again.
+    pub fn content_changed_behind(&self, ino: u64) -> bool {
+        match self.content_verdict(ino) {
+            Verdict::Busy => return false,
+            Verdict::Theirs => {
+                self.detach(ino);
+                self.retire_inode(ino);
+            }
+            Verdict::Ours => {}
         }
+        true
     }
 
     /// The watcher lost events: every file the kernel holds and nobody has open here is
@@ -118,13 +128,17 @@ impl Fs {
         }
     }
 
-    /// Whether file `ino` changed other than through the mount (see `own_changes.rs`).
-    fn file_changed_behind(&self, ino: u64) -> bool {
+    /// Whose is the reported content change of `ino` (see `own_changes.rs`); only files
+    /// count (a directory's or symlink's attributes are left to the cache's lifetime).
+    fn content_verdict(&self, ino: u64) -> Verdict {
         let Some(inode) = self.inodes.get(ino) else {
-            return false;
+            return Verdict::Ours;
         };
         let node = inode.node();
-        matches!(node.kind, NodeKind::File) && !self.own.is_ours(inode.backing(), || stamp(&node))
+        if !matches!(node.kind, NodeKind::File) {
+            return Verdict::Ours;
+        }
+        self.own.verdict(inode.backing(), || stamp(&node))
     }
 
     /// New opens of `ino`'s ciphertext read it afresh (its header may have changed).

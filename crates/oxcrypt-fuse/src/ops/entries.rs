@@ -143,9 +143,15 @@ impl Fs {
         let node = self.node(ino)?;
         let key = self.file_key(ino)?;
         // Our own change: the watcher must not take it for one behind the mount's back.
+        let before = super::files::stamp(&node);
         self.own.begin(key);
         let r = self.setattr_in(ino, &node, set);
-        self.own.end(key, super::files::stamp(&node));
+        let after = super::files::stamp(&node);
+        if set.size.is_some() {
+            self.own.end(key, after);
+        } else {
+            self.own.end_attrs(key, before, after);
+        }
         r
     }
 
