@@ -285,15 +285,7 @@ impl ChunkFile<'_> {
                 &mut scratch[..CHUNK_SIZE],
                 ct,
             );
-            let at = combo.chunk_offset(from);
-            let end = at + n as u64;
-            if at < old_ct && end > old_ct {
-                let head = (old_ct - at) as usize;
-                io.write(self.file, head, n - head, old_ct).at(self.path)?;
-                io.write(self.file, 0, head, at).at(self.path)?;
-            } else {
-                io.write(self.file, 0, n, at).at(self.path)?;
-            }
+            self.write_out(io, n, combo.chunk_offset(from), old_ct)?;
             from = to + 1;
         }
         Ok(())
@@ -357,20 +349,24 @@ impl ChunkFile<'_> {
             reserve(self.file, old_ct, new_ct - old_ct).at(self.path)?;
         }
         let at = combo.chunk_offset(sealed.offset / C);
-        let n = sealed.ct_len;
-        let r = if at < old_ct && at + n as u64 > old_ct {
-            // The part beyond the old end first: if it fails, no old byte was touched.
-            let head = (old_ct - at) as usize;
-            io.write(self.file, head, n - head, old_ct)
-                .and_then(|_| io.write(self.file, 0, head, at))
-        } else {
-            io.write(self.file, 0, n, at)
-        }
-        .at(self.path);
+        let r = self.write_out(io, sealed.ct_len, at, old_ct);
         if r.is_err() && grows {
             self.roll_back(io, old_ct, None);
         }
         r.map(|_| true)
+    }
+
+    /// Writes the first `n` bytes of `io`'s buffer at ciphertext offset `at` of a file whose
+    /// ciphertext was `old_ct` bytes long. A run that straddles the old end writes its part
+    /// beyond it first: if that fails, no old byte was touched.
+    fn write_out(&self, io: &mut dyn CiphertextIo, n: usize, at: u64, old_ct: u64) -> Result<()> {
+        if at < old_ct && at + n as u64 > old_ct {
+            let head = (old_ct - at) as usize;
+            io.write(self.file, head, n - head, old_ct).at(self.path)?;
+            io.write(self.file, 0, head, at).at(self.path)
+        } else {
+            io.write(self.file, 0, n, at).at(self.path)
+        }
     }
 
     /// Undoes a failed growing write: the ciphertext is cut back to `old_ct` bytes and the old

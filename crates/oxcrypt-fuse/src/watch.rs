@@ -17,7 +17,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -79,7 +79,6 @@ pub struct Watcher {
     watched: DashMap<i32, Watched>,
     by_ino: DashMap<u64, i32>,
     limit_warned: AtomicBool,
-    events: AtomicU64,
 }
 
 impl Default for Watcher {
@@ -106,18 +105,12 @@ impl Watcher {
             watched: DashMap::new(),
             by_ino: DashMap::new(),
             limit_warned: AtomicBool::new(false),
-            events: AtomicU64::new(0),
         }
     }
 
     /// Whether inode `ino` is watched.
     pub fn watches(&self, ino: u64) -> bool {
         self.by_ino.contains_key(&ino)
-    }
-
-    /// Events received so far (for tests and stats).
-    pub fn events(&self) -> u64 {
-        self.events.load(Ordering::Relaxed)
     }
 
     /// Watches `path` as `what`.
@@ -266,7 +259,6 @@ fn read_events(fd: i32, fs: &Weak<Fs>) {
         }
         let count = parse(&buf[..n as usize], &mut batch);
         tracing::trace!(count, entries = batch.entries.len(), "inotify batch");
-        fs.watcher().events.fetch_add(count, Ordering::Relaxed);
         for wd in batch.gone {
             if let Some((_, w)) = fs.watcher().watched.remove(&wd) {
                 fs.watcher().by_ino.remove_if(&w.ino(), |_, v| *v == wd);
