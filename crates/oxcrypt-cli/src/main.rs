@@ -370,7 +370,8 @@ enum Command {
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         idle: Option<std::time::Duration>,
         /// Benchmark ablations to turn on, comma-separated: unregistered-buffers,
-        /// io-on-workers, metadata-on-thread, heap-arena (see `oxbench ablation`).
+        /// io-on-workers, metadata-on-thread, heap-arena, late-writeback, no-decrypt-ahead,
+        /// and the experiment direct-read-ahead (see `oxbench ablation`).
         #[arg(long, hide = true, value_name = "LIST", default_value = "")]
         ablate: oxcrypt_io::Tuning,
     },

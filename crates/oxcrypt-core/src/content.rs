@@ -444,6 +444,54 @@ impl ContentCryptor {
         Ok(n)
     }
 
+    /// Decrypts chunk `index` where it lies: `chunk` is its ciphertext (nonce, body, tag), and
+    /// on success its body, `chunk[nonce_len..nonce_len + n]`, is the cleartext; returns `n`.
+    /// Nothing is copied, so a buffer of whole chunks read from the file can be served from
+    /// as it is. On failure the body is zeroed (no unauthenticated byte stays readable).
+    pub fn decrypt_chunk_in_place(
+        &self,
+        header: &FileHeader,
+        index: u64,
+        chunk: &mut [u8],
+    ) -> Result<usize, CryptoError> {
+        let nl = self.combo.nonce_len();
+        let tl = self.combo.tag_len();
+        if chunk.len() < self.combo.chunk_overhead()
+            || chunk.len() > self.combo.chunk_ciphertext_len()
+        {
+            return Err(CryptoError::Truncated(ContentPart::Chunk(index)));
+        }
+        let n = chunk.len() - nl - tl;
+        let (head, rest) = chunk.split_at_mut(nl);
+        let (body, tag) = rest.split_at_mut(n);
+        match &header.chunk_key {
+            ChunkKey::Gcm(gcm) => {
+                let aad = gcm_chunk_aad(index, header.nonce(self.combo));
+                let n12 = Nonce::try_assume_unique_for_key(&head[..12]).expect("12 bytes");
+                let tag = Tag::try_from(&tag[..]).expect("16 bytes");
+                if gcm
+                    .key()
+                    .open_in_place_separate_tag(n12, Aad::from(aad), tag, body, 0..)
+                    .is_err()
+                {
+                    body.fill(0);
+                    return Err(CryptoError::Auth(ContentPart::Chunk(index)));
+                }
+            }
+            ChunkKey::Ctr(key) => {
+                let expected = self.ctr_chunk_mac(header, index, &chunk[..nl + n]);
+                if !ct_eq(&expected, &chunk[nl + n..]) {
+                    return Err(CryptoError::Auth(ContentPart::Chunk(index)));
+                }
+                let mut iv = [0u8; 16];
+                iv.copy_from_slice(&chunk[..16]);
+                let mut ctr = Aes256Ctr::new((&**key).into(), (&iv).into());
+                ctr.apply_keystream(&mut chunk[nl..nl + n]);
+            }
+        }
+        Ok(n)
+    }
+
     /// Decrypts a whole small ciphertext (header + chunks) into memory. For dir-id backups and
     /// symlink targets only, never for file content.
     pub fn decrypt_small(

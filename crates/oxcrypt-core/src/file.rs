@@ -5,12 +5,55 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::chunk_io::{read_full_at, with_thread_pread, ChunkFile, CiphertextIo};
-use crate::content::{ContentCryptor, FileHeader, MAX_HEADER_LEN};
+use crate::content::{ContentCryptor, FileHeader, CHUNK_SIZE, MAX_HEADER_LEN};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
 use crate::node::{attr_from, Attr, FileType};
+
+/// Alignment of the buffer, offsets and lengths of an `O_DIRECT` read (the largest logical
+/// block size in use).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Where [`FileHandle::read_ahead_in_place`] left the cleartext in its buffer: `len` bytes,
+/// in chunks of [`CHUNK_SIZE`] (the last may be shorter); chunk `i` starts at
+/// `base + i * stride + body_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InPlace {
+    /// Where the first chunk's ciphertext starts.
+    pub base: usize,
+    /// Ciphertext bytes per chunk.
+    pub stride: usize,
+    /// Where a chunk's cleartext starts within its ciphertext (after the nonce).
+    pub body_at: usize,
+    /// Cleartext bytes in all.
+    pub len: usize,
+}
+
+impl InPlace {
+    /// The buffer [`FileHandle::read_ahead_in_place`] needs for `chunks` chunks: their largest
+    /// ciphertext, plus the slack of an `O_DIRECT` read of whole blocks.
+    pub const fn buffer_len(chunks: usize) -> usize {
+        chunks * crate::content::MAX_CHUNK_CIPHERTEXT + 2 * DIRECT_ALIGN
+    }
+
+    /// Copies cleartext bytes `[at, at + out.len())` (relative to the first chunk) out of
+    /// `buf`; `out` must not reach past `len`.
+    pub fn copy_out(&self, buf: &[u8], at: usize, out: &mut [u8]) {
+        assert!(at + out.len() <= self.len, "copy past the decrypted bytes");
+        let mut done = 0;
+        while done < out.len() {
+            let pos = at + done;
+            let (chunk, within) = (pos / CHUNK_SIZE, pos % CHUNK_SIZE);
+            let take = (CHUNK_SIZE - within).min(out.len() - done);
+            let from = self.base + chunk * self.stride + self.body_at + within;
+            out[done..done + take].copy_from_slice(&buf[from..from + take]);
+            done += take;
+        }
+    }
+}
 
 /// Where a write goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +93,13 @@ pub struct FileHandle {
     /// The decrypted header, `None` while the ciphertext file is 0 bytes long. See the lock
     /// rules above.
     header: RwLock<Option<Arc<FileHeader>>>,
+    /// A read-only `O_DIRECT` descriptor of the same file for reading ahead of a sequential
+    /// reader, opened on first use (`None` inside where it cannot be had).
+    direct: OnceLock<Option<File>>,
+    /// Counts the times the lock was taken exclusively, bumped as soon as it is taken (before
+    /// anything changes): bytes read under the shared lock at generation `g` are still the
+    /// file's bytes while [`generation`](Self::generation) returns `g`.
+    generation: AtomicU64,
 }
 
 impl std::fmt::Debug for FileHandle {
@@ -88,6 +138,8 @@ impl FileHandle {
             path,
             content,
             header: RwLock::new(header),
+            direct: OnceLock::new(),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -103,6 +155,8 @@ impl FileHandle {
             path,
             content,
             header: RwLock::new(Some(Arc::new(header))),
+            direct: OnceLock::new(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -111,7 +165,16 @@ impl FileHandle {
     }
 
     fn exclusive(&self) -> RwLockWriteGuard<'_, Option<Arc<FileHeader>>> {
-        self.header.write().unwrap_or_else(|p| p.into_inner())
+        let guard = self.header.write().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// How many times the file's lock was taken to change it: while this returns what
+    /// [`read_ahead_with`](Self::read_ahead_with) returned, the bytes it read are still the
+    /// file's (within this handle; a change behind the mount is not counted).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The ciphertext path of this file.
@@ -206,6 +269,78 @@ impl FileHandle {
         };
         let size = self.size_unlocked()?;
         self.chunk_file(header).read(io, size, offset, out)
+    }
+
+    /// Reads the ciphertext of up to `chunks` chunks from chunk `first` into `buf` and
+    /// decrypts each where it lies (for decrypting ahead of a sequential reader: the buffer is
+    /// served from as it is, with no copy between reading and decrypting). Returns where the
+    /// cleartext is in `buf` and the [`generation`](Self::generation) it belongs to, read
+    /// under the same shared lock. `buf` must hold [`InPlace::buffer_len`]`(chunks)` bytes and,
+    /// for `direct`, start at a [`DIRECT_ALIGN`] boundary.
+    ///
+    /// With `direct`, the ciphertext is read through an `O_DIRECT` descriptor in whole aligned
+    /// blocks where one can be had (bytes read ahead then need no second copy in the page
+    /// cache). The kernel writes dirty pages of the range back before such a read, and no
+    /// change runs under the shared lock, so it reads what a buffered read would.
+    pub fn read_ahead_in_place(
+        &self,
+        first: u64,
+        chunks: usize,
+        buf: &mut [u8],
+        direct: bool,
+    ) -> Result<(InPlace, u64)> {
+        let guard = self.shared();
+        let generation = self.generation();
+        let combo = self.content.combo();
+        let stride = combo.chunk_ciphertext_len();
+        let mut placed = InPlace {
+            base: 0,
+            stride,
+            body_at: combo.nonce_len(),
+            len: 0,
+        };
+        let Some(header) = guard.as_ref() else {
+            return Ok((placed, generation));
+        };
+        let size = self.size_unlocked()?;
+        let start = first * CHUNK_SIZE as u64;
+        if start >= size || chunks == 0 {
+            return Ok((placed, generation));
+        }
+        let len = (size - start).min((chunks * CHUNK_SIZE) as u64) as usize;
+        let ct_at = combo.chunk_offset(first);
+        let ct_len = (combo.ciphertext_size(start + len as u64) - ct_at) as usize;
+        let direct_file = if direct {
+            self.direct
+                .get_or_init(|| crate::store::reopen_direct(&self.file))
+                .as_ref()
+        } else {
+            None
+        };
+        let (file, skip, span) = match direct_file {
+            Some(d) => {
+                let skip = (ct_at % DIRECT_ALIGN as u64) as usize;
+                (d, skip, (skip + ct_len).next_multiple_of(DIRECT_ALIGN))
+            }
+            None => (&self.file, 0, ct_len),
+        };
+        assert!(span <= buf.len(), "read-ahead buffer too small");
+        let got = read_full_at(file, &mut buf[..span], ct_at - skip as u64).at(&self.path)?;
+        if got < skip + ct_len {
+            let last = first + (got.saturating_sub(skip) / stride) as u64;
+            return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(last))));
+        }
+        for (i, chunk) in buf[skip..skip + ct_len].chunks_mut(stride).enumerate() {
+            if let Err(e) = self
+                .content
+                .decrypt_chunk_in_place(header, first + i as u64, chunk)
+            {
+                return Err(self.content_err(e));
+            }
+        }
+        placed.base = skip;
+        placed.len = len;
+        Ok((placed, generation))
     }
 
     /// Writes `data` at `at` through `io`, growing the file (with zeros) as needed; returns the

@@ -155,6 +155,26 @@ fn open_checked(path: &Path, write: bool) -> Result<(File, Metadata)> {
     Ok((file, md))
 }
 
+/// A second, read-only descriptor of the open `file` with `O_DIRECT` (reads bypass the page
+/// cache), opened through `/proc/self/fd` so that it is the same file even if it was renamed
+/// or unlinked; `None` where that cannot be had (no `/proc`, a file system without
+/// `O_DIRECT` such as some FUSE or network ones).
+pub fn reopen_direct(file: &File) -> Option<File> {
+    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    // SAFETY: open with a valid C string and plain flags; the descriptor is owned below.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECT | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    Some(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Drops `O_NONBLOCK` again.
 fn clear_nonblock(file: &File) {
     let fd = file.as_raw_fd();

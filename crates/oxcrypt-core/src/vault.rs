@@ -25,7 +25,7 @@ use crate::store::{self, Expect};
 
 pub use crate::chunk_io::BATCH_CHUNKS;
 pub use crate::dir_cache::DirIdCache;
-pub use crate::file::{FileHandle, SetLen, WriteAt};
+pub use crate::file::{FileHandle, InPlace, SetLen, WriteAt, DIRECT_ALIGN};
 use crate::node::attr_from;
 pub use crate::node::{
     Attr, DirId, FileType, Node, NodeKind, CONTENTS_FILE, DIRID_FILE, DIR_FILE, MAX_SYMLINK_TARGET,

@@ -142,8 +142,15 @@ impl OpenFileTable {
     /// Handles already open keep it (a file changed under an open handle is a conflict; what
     /// they read is checked against the header they have, so they get EIO, never wrong
     /// bytes).
+    ///
+    /// What was decrypted ahead of its readers is dropped: those bytes may be older than the
+    /// change, and a reader of an open handle must not get them after it was noticed.
     pub fn detach(&self, key: FileKey) {
-        self.by_file.remove(&key);
+        if let Some((_, file)) = self.by_file.remove(&key) {
+            if let Some(file) = file.upgrade() {
+                file.drop_decrypted_ahead();
+            }
+        }
     }
 
     /// The kernel forgot `ino`: drops what the page-cache policy kept of it.

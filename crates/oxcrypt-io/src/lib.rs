@@ -10,6 +10,9 @@
 //! - reads and writes are done in the calling thread (a FUSE session thread), through that
 //!   thread's own small io_uring ring with a registered request buffer (`local.rs`,
 //!   `ring.rs`): on a 2-vCPU machine the hand-off to another thread cost more than the I/O;
+//! - a sequential reader is decrypted ahead of (`ahead.rs`): once a file has been read in a
+//!   run, the workers read and decrypt its next windows into buffers of ours, each worker
+//!   another window, and a READ that finds its bytes there copies them out;
 //! - truncates and fsyncs go to a worker thread (`worker.rs`, one per core by default) and
 //!   complete through a callback, so a long fsync never holds a FUSE thread. A file's changes
 //!   all go to its home worker and run in order; a read or write that arrives while changes
@@ -19,6 +22,7 @@
 //! (chosen with `--io sync`, or automatically, with one log line saying why, where io_uring
 //! is unavailable). io-uring stays behind this crate; nothing else in the project names it.
 
+pub mod ahead;
 mod local;
 mod nowait;
 mod ring;
@@ -34,7 +38,7 @@ use oxcrypt_core::chunk_io::{CiphertextIo, PreadIo};
 use oxcrypt_core::vault::{FileHandle, SetLen, WriteAt};
 use oxcrypt_core::{Error, Result};
 
-pub use nowait::{no_wait, NoWait};
+pub use nowait::{no_wait, no_wait_decrypted_only, NoWait};
 pub use tuning::{Tuning, ABLATIONS};
 use worker::Job;
 
@@ -131,6 +135,8 @@ pub struct OpenFile {
     /// A writeback start is queued and has not run yet (one at a time: a start can wait for
     /// the disk, and a backlog of them would hold up the file's fsync behind them).
     writeback_queued: std::sync::atomic::AtomicBool,
+    /// The run of sequential READs and the windows decrypted ahead of it.
+    ahead: ahead::ReadAhead,
 }
 
 /// Bytes written to one file after which its ciphertext's writeback is started behind the
@@ -154,6 +160,7 @@ impl OpenFile {
             changes: ChangeQueue::default(),
             unsent: std::sync::atomic::AtomicU64::new(0),
             writeback_queued: std::sync::atomic::AtomicBool::new(false),
+            ahead: ahead::ReadAhead::default(),
         })
     }
 
@@ -165,6 +172,17 @@ impl OpenFile {
     /// The core file handle.
     pub fn handle(&self) -> &FileHandle {
         &self.handle
+    }
+
+    /// Cleartext bytes of this file decrypted ahead of its reader and not yet served.
+    pub fn decrypted_ahead(&self) -> u64 {
+        self.ahead.held()
+    }
+
+    /// Drops what was decrypted ahead of this file's reader and what is queued for it (the
+    /// ciphertext was changed behind the mount: those bytes may be older than the change).
+    pub fn drop_decrypted_ahead(&self) {
+        self.ahead.reset();
     }
 }
 
@@ -325,9 +343,41 @@ impl Engine {
         if self.tuning.io_on_workers {
             return self.read_on_worker(file, offset, out);
         }
-        local::with_io(self.mode, !self.tuning.unregistered_buffers, |io| {
+        let ahead = !self.tuning.no_decrypt_ahead;
+        if ahead {
+            let generation = file.handle.generation();
+            // Only a thread that may wait for the disk may wait for a window being decrypted.
+            if let Some(n) = file.ahead.serve(offset, out, generation, !nowait::disk()) {
+                self.read_ahead(file, offset, n, out.len());
+                return Ok(n);
+            }
+        }
+        if nowait::decrypt() {
+            return Err(nowait::would_block());
+        }
+        let n = local::with_io(self.mode, !self.tuning.unregistered_buffers, |io| {
             file.handle.read_with(io, offset, out)
-        })
+        })?;
+        if ahead {
+            self.read_ahead(file, offset, n, out.len());
+        }
+        Ok(n)
+    }
+
+    /// Records a READ of `file` (`len` bytes asked at `offset`, `n` read) in its run, and
+    /// queues on its home worker the windows to decrypt ahead of it (see `ahead.rs`).
+    fn read_ahead(&self, file: &Arc<OpenFile>, offset: u64, n: usize, len: usize) {
+        for ask in file.ahead.after_read(offset, n, len) {
+            // Windows are independent: consecutive ones go to different workers, so a single
+            // stream is decrypted on every core.
+            let worker = (file.id + ask.start / ahead::WINDOW as u64) % self.workers.len() as u64;
+            let job = Job::ReadAhead {
+                file: file.clone(),
+                ask,
+                direct: self.tuning.direct_read_ahead,
+            };
+            self.send(&self.workers[worker as usize], job, file);
+        }
     }
 
     /// Writes `data` at `at` of `file` in this thread, after the file's queued changes;

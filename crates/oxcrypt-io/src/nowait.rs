@@ -12,11 +12,13 @@ thread_local! {
     static CHANGES: Cell<bool> = const { Cell::new(false) };
     /// Read ciphertext with `RWF_NOWAIT` (only what is in the page cache).
     static DISK: Cell<bool> = const { Cell::new(false) };
+    /// Answer a READ only from bytes already decrypted ahead of the reader (`ahead.rs`).
+    static DECRYPT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Turns the mode on for this thread until dropped.
 pub struct NoWait {
-    prev: (bool, bool),
+    prev: (bool, bool, bool),
 }
 
 /// Until the guard is dropped, this thread's engine calls fail with EAGAIN instead of
@@ -26,6 +28,19 @@ pub fn no_wait(disk: bool) -> NoWait {
     let prev = (
         CHANGES.with(|c| c.replace(true)),
         DISK.with(|d| d.replace(disk)),
+        DECRYPT.with(|d| d.replace(false)),
+    );
+    NoWait { prev }
+}
+
+/// Like [`no_wait`]`(true)`, and a READ does not even decrypt here: it is answered only from
+/// bytes already decrypted ahead of a sequential reader, EAGAIN otherwise (a large READ on a
+/// ring queue thread, where decrypting a whole window would hold up the queue).
+pub fn no_wait_decrypted_only() -> NoWait {
+    let prev = (
+        CHANGES.with(|c| c.replace(true)),
+        DISK.with(|d| d.replace(true)),
+        DECRYPT.with(|d| d.replace(true)),
     );
     NoWait { prev }
 }
@@ -34,6 +49,7 @@ impl Drop for NoWait {
     fn drop(&mut self) {
         CHANGES.with(|c| c.set(self.prev.0));
         DISK.with(|d| d.set(self.prev.1));
+        DECRYPT.with(|d| d.set(self.prev.2));
     }
 }
 
@@ -43,6 +59,10 @@ pub(crate) fn changes() -> bool {
 
 pub(crate) fn disk() -> bool {
     DISK.with(|d| d.get())
+}
+
+pub(crate) fn decrypt() -> bool {
+    DECRYPT.with(|d| d.get())
 }
 
 /// The error of a call that would have blocked.
@@ -62,7 +82,12 @@ mod tests {
                 let _b = super::no_wait(false);
                 assert!(super::changes() && !super::disk());
             }
-            assert!(super::disk());
+            assert!(super::disk() && !super::decrypt());
+            {
+                let _c = super::no_wait_decrypted_only();
+                assert!(super::changes() && super::disk() && super::decrypt());
+            }
+            assert!(!super::decrypt());
         }
         assert!(!super::changes() && !super::disk());
     }

@@ -19,6 +19,12 @@ pub struct Tuning {
     /// `late-writeback`: no early start of the ciphertext's writeback behind a writer; the
     /// backing file system writes it when its own thresholds say so, or at fsync.
     pub late_writeback: bool,
+    /// `no-decrypt-ahead`: a READ decrypts its own bytes when it arrives; nothing is decrypted
+    /// ahead of a sequential reader.
+    pub no_decrypt_ahead: bool,
+    /// `direct-read-ahead` (an experiment, not an ablation): the ciphertext of windows
+    /// decrypted ahead is read with `O_DIRECT` instead of through the page cache.
+    pub direct_read_ahead: bool,
 }
 
 /// The ablation names [`Tuning`] understands, with what each turns off.
@@ -40,6 +46,14 @@ pub const ABLATIONS: &[(&str, &str)] = &[
         "late-writeback",
         "ciphertext written to disk at fsync, not started behind the writer",
     ),
+    (
+        "no-decrypt-ahead",
+        "each READ decrypted when it arrives, nothing ahead of a sequential reader",
+    ),
+    (
+        "direct-read-ahead",
+        "(experiment) ciphertext read ahead with O_DIRECT, not through the page cache",
+    ),
 ];
 
 impl FromStr for Tuning {
@@ -55,6 +69,8 @@ impl FromStr for Tuning {
                 "metadata-on-thread" => &mut t.metadata_on_thread,
                 "heap-arena" => &mut t.heap_arena,
                 "late-writeback" => &mut t.late_writeback,
+                "no-decrypt-ahead" => &mut t.no_decrypt_ahead,
+                "direct-read-ahead" => &mut t.direct_read_ahead,
                 other => {
                     let known: Vec<&str> = ABLATIONS.iter().map(|a| a.0).collect();
                     return Err(format!(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use oxcrypt_core::chunk_io::CiphertextIo;
 use oxcrypt_core::vault::{SetLen, WriteAt};
 
+use crate::ahead::Ask;
 use crate::{Done, OpenFile};
 
 /// A job for a worker.
@@ -43,6 +44,14 @@ pub(crate) enum Job {
     /// Start writing the file's dirty ciphertext to disk (a hint, not a change: not counted
     /// in the file's queued changes).
     StartWriteback { file: Arc<OpenFile> },
+    /// Decrypt a window ahead of a sequential reader (a hint, not a change), its ciphertext
+    /// read with `O_DIRECT` if `direct` (with `pread`: the window's buffer is read into and
+    /// decrypted where it lies, not the worker's ring buffer).
+    ReadAhead {
+        file: Arc<OpenFile>,
+        ask: Ask,
+        direct: bool,
+    },
     /// Answers once every job queued before it is done.
     Barrier(Sender<()>),
 }
@@ -95,6 +104,13 @@ impl Job {
                     .store(false, std::sync::atomic::Ordering::Release);
                 file.handle.start_writeback();
             }
+            Job::ReadAhead { file, ask, direct } => {
+                let first = ask.start / oxcrypt_core::content::CHUNK_SIZE as u64;
+                file.ahead.fill(ask, |buf| {
+                    file.handle
+                        .read_ahead_in_place(first, crate::ahead::WINDOW_CHUNKS, buf, direct)
+                });
+            }
             Job::Barrier(reply) => {
                 let _ = reply.send(());
             }
@@ -118,6 +134,7 @@ impl Job {
                 file.writeback_queued
                     .store(false, std::sync::atomic::Ordering::Release);
             }
+            Job::ReadAhead { file, ask, .. } => file.ahead.abandon(ask),
             Job::Barrier(reply) => {
                 let _ = reply.send(());
             }

@@ -376,19 +376,24 @@ impl Queue {
         let may_block = matches!(opcode, wire::op::READ | wire::op::WRITE);
         let arg = &self.entries[i].header[OP_IN_AT..];
         // Truncates and fallocates wait for the worker that runs them: straight to the pool.
-        // So do large READs: read-ahead sends several at once, and a queue decrypting them
-        // one after another leaves the other cores idle; the pool spreads them (1 GiB cold
-        // read 1.3-1.6 -> 1.6-1.9 GB/s, kernel-notes).
         let blocks = opcode == wire::op::FALLOCATE
-            || (opcode == wire::op::SETATTR && wire::u32_at(arg, 0) & wire::FATTR_SIZE != 0)
-            || (opcode == wire::op::READ && wire::u32_at(arg, 16) >= self.offload_read_min);
+            || (opcode == wire::op::SETATTR && wire::u32_at(arg, 0) & wire::FATTR_SIZE != 0);
+        // Large READs are answered here only from bytes already decrypted ahead of the reader
+        // (a copy); else they go to the pool: read-ahead sends several at once, and a queue
+        // decrypting them one after another leaves the other cores idle; the pool spreads
+        // them (1 GiB cold read 1.3-1.6 -> 1.6-1.9 GB/s, kernel-notes).
+        let large_read = opcode == wire::op::READ && wire::u32_at(arg, 16) >= self.offload_read_min;
         let outcome = if blocks {
             Outcome::Reply {
                 error: libc::EAGAIN,
                 len: 0,
             }
         } else {
-            let _no_wait = may_block.then(|| oxcrypt_io::no_wait(opcode == wire::op::READ));
+            let _no_wait = if large_read {
+                Some(oxcrypt_io::no_wait_decrypted_only())
+            } else {
+                may_block.then(|| oxcrypt_io::no_wait(opcode == wire::op::READ))
+            };
             let shared = self.shared.clone();
             let e = &mut self.entries[i];
             e.busy = true;

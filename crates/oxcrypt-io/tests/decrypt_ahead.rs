@@ -1,0 +1,125 @@
+//! Decrypting ahead of a sequential reader, through the engine on a real vault file: windows
+//! are decrypted and served, and a change of the file (a write, a truncate) is never answered
+//! from a window decrypted before it, with the ciphertext read through the page cache or with
+//! `O_DIRECT`.
+
+use std::sync::Arc;
+
+use oxcrypt_core::{CipherCombo, CreateOptions, Vault};
+use oxcrypt_io::{Engine, EngineConfig, OpenFile, Tuning};
+
+const MIB: usize = 1 << 20;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// Reads `len` bytes at `offset` through the engine, as one READ.
+fn read(engine: &Engine, file: &Arc<OpenFile>, offset: usize, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let n = engine.read(file, offset as u64, &mut out).unwrap();
+    out.truncate(n);
+    out
+}
+
+fn check(tuning: Tuning) {
+    // The window budget is the process's: the tests take turns.
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    // /var/tmp: a tmpfs /tmp may refuse O_DIRECT (the handle then reads buffered).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let vault = Vault::create(
+        &dir.path().join("v"),
+        "pw",
+        &CreateOptions {
+            cipher_combo: CipherCombo::SivGcm,
+            scrypt_cost: 2,
+        },
+    )
+    .unwrap();
+    let node = vault.create_file(vault.root_id(), "film", 0o644).unwrap();
+    let mut data = pattern(8 * MIB + 1000, 0);
+    vault
+        .open_file(&node, true)
+        .unwrap()
+        .write_at(0, &data)
+        .unwrap();
+
+    let engine = Engine::start(&EngineConfig {
+        tuning,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let file = OpenFile::new(1, vault.open_file(&node, true).unwrap());
+
+    // A sequential run: after two READs, the next windows are decrypted ahead.
+    for at in [0, MIB] {
+        assert_eq!(read(&engine, &file, at, MIB), data[at..at + MIB]);
+    }
+    engine.drain();
+    assert_eq!(
+        file.decrypted_ahead(),
+        2 * MIB as u64,
+        "windows decrypted ahead"
+    );
+
+    // A write into the window just decrypted: the READ must see it.
+    let fresh = pattern(5000, 0x5a);
+    engine
+        .write(
+            &file,
+            oxcrypt_core::vault::WriteAt::Offset(2 * MIB as u64 + 300),
+            &fresh,
+        )
+        .unwrap();
+    data[2 * MIB + 300..2 * MIB + 5300].copy_from_slice(&fresh);
+    assert_eq!(read(&engine, &file, 2 * MIB, MIB), data[2 * MIB..3 * MIB]);
+
+    // The run goes on; windows come again and are served (a READ across two of them, not
+    // aligned to them, too).
+    assert_eq!(read(&engine, &file, 3 * MIB, MIB), data[3 * MIB..4 * MIB]);
+    engine.drain();
+    assert!(file.decrypted_ahead() > 0);
+    assert_eq!(
+        read(&engine, &file, 4 * MIB + 4096, MIB),
+        data[4 * MIB + 4096..5 * MIB + 4096]
+    );
+
+    // A truncate below the windows: the READ sees the end of the file, not the old bytes.
+    engine.drain();
+    let cut = 5 * MIB + 7000;
+    let (tx, rx) = std::sync::mpsc::channel();
+    engine.set_len(
+        &file,
+        oxcrypt_core::vault::SetLen::Exactly(cut as u64),
+        Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+    );
+    assert!(rx.recv().unwrap());
+    assert_eq!(
+        read(&engine, &file, 5 * MIB + 4096, MIB),
+        data[5 * MIB + 4096..cut]
+    );
+
+    // The end of the file, read ahead and served short.
+    drop(file);
+    let file = OpenFile::new(2, vault.open_file(&node, false).unwrap());
+    for at in [3 * MIB, 4 * MIB] {
+        assert_eq!(read(&engine, &file, at, MIB), data[at..at + MIB]);
+    }
+    engine.drain();
+    assert!(file.decrypted_ahead() > 0);
+    assert_eq!(read(&engine, &file, 5 * MIB, MIB), data[5 * MIB..cut]);
+}
+
+#[test]
+fn windows_read_through_the_page_cache_never_outlive_a_change() {
+    check(Tuning::default());
+}
+
+#[test]
+fn windows_read_with_o_direct_never_outlive_a_change() {
+    check(Tuning {
+        direct_read_ahead: true,
+        ..Tuning::default()
+    });
+}
