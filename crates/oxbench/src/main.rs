@@ -79,7 +79,8 @@ enum Cmd {
         /// Targets, comma-separated; the first is the ratio baseline. Besides the defaults:
         /// `oxcrypt-uring` and `oxcrypt-devfuse` force one transport (the ring needs
         /// enable_uring=Y; run under ci/with-enable-uring.sh); `oxcrypt-nowriteback` turns the
-        /// kernel's writeback cache off.
+        /// kernel's writeback cache off; `oxcrypt-uring-noahead` and `oxcrypt-devfuse-noahead`
+        /// are those transports without decrypting ahead of sequential readers.
         #[arg(
             long,
             value_delimiter = ',',

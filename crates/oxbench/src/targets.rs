@@ -85,6 +85,21 @@ impl Target {
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec!["--transport".into(), "dev-fuse".into()],
             },
+            // Each transport without decrypting ahead of sequential readers (issue 11).
+            "oxcrypt-uring-noahead" | "oxcrypt-devfuse-noahead" => Kind::Oxcrypt {
+                bin: oxcrypt_bin.to_path_buf(),
+                args: vec![
+                    "--transport".into(),
+                    if name.contains("uring") {
+                        "uring"
+                    } else {
+                        "dev-fuse"
+                    }
+                    .into(),
+                    "--ablate".into(),
+                    "no-decrypt-ahead".into(),
+                ],
+            },
             // The kernel's writeback cache off (it is on by default).
             "oxcrypt-nowriteback" => Kind::Oxcrypt {
                 bin: oxcrypt_bin.to_path_buf(),

@@ -265,6 +265,7 @@ pub fn mount(
         watch::Watcher::start(&fs_handle);
         mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb);
         let ring = stats.ring.load(std::sync::atomic::Ordering::Relaxed);
+        engine.set_decrypt_ahead(ring);
         tracing::info!(
             mountpoint = %mountpoint.display(),
             io = %io_mode,
@@ -296,6 +297,9 @@ pub fn mount(
     if options.allow_other {
         config.acl = fuser::SessionACL::All;
     }
+    // Several threads decrypt a reader's READs side by side already; decrypting ahead would
+    // add a copy (kernel-notes, "Decrypting ahead").
+    engine.set_decrypt_ahead(false);
     config.n_threads = Some(options.threads.max(1));
     config.clone_fd = options.threads > 1;
     let mut session = fuser::Session::new(fuser_adapter::FuserFs::new(fs), mountpoint, &config)

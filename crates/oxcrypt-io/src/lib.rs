@@ -193,6 +193,10 @@ pub struct Engine {
     workers: Vec<Sender<Job>>,
     /// Round-robin position of the `io-on-workers` ablation's reads.
     next_reader: AtomicUsize,
+    /// Whether sequential readers are decrypted ahead of (see [`set_decrypt_ahead`]).
+    ///
+    /// [`set_decrypt_ahead`]: Self::set_decrypt_ahead
+    decrypt_ahead: std::sync::atomic::AtomicBool,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -277,6 +281,7 @@ impl Engine {
             tuning,
             workers: Vec::with_capacity(workers),
             next_reader: AtomicUsize::new(0),
+            decrypt_ahead: std::sync::atomic::AtomicBool::new(!tuning.no_decrypt_ahead),
             threads: Vec::with_capacity(workers),
         };
         let (ready_tx, ready_rx) = channel::<std::io::Result<()>>();
@@ -323,6 +328,21 @@ impl Engine {
         self.mode
     }
 
+    /// Turns decrypting ahead of sequential readers on or off (on from the start unless the
+    /// `no-decrypt-ahead` ablation is in force, which this cannot override). The transport
+    /// decides: it pays where READs of one reader arrive on one ring queue and would otherwise
+    /// be decrypted one after another or handed to another thread, and costs where several
+    /// `/dev/fuse` threads already decrypt a reader's READs side by side (kernel-notes).
+    pub fn set_decrypt_ahead(&self, on: bool) {
+        self.decrypt_ahead
+            .store(on && !self.tuning.no_decrypt_ahead, Ordering::Relaxed);
+    }
+
+    /// Whether sequential readers are decrypted ahead of.
+    pub fn decrypts_ahead(&self) -> bool {
+        self.decrypt_ahead.load(Ordering::Relaxed)
+    }
+
     fn home(&self, file: &OpenFile) -> &Sender<Job> {
         &self.workers[(file.id % self.workers.len() as u64) as usize]
     }
@@ -343,7 +363,7 @@ impl Engine {
         if self.tuning.io_on_workers {
             return self.read_on_worker(file, offset, out);
         }
-        let ahead = !self.tuning.no_decrypt_ahead;
+        let ahead = self.decrypts_ahead();
         if ahead {
             let generation = file.handle.generation();
             // Only a thread that may wait for the disk may wait for a window being decrypted.
