@@ -174,6 +174,22 @@ struct Seen {
     content: bool,
 }
 
+impl Seen {
+    /// The changes to decide, in order: what happened to the name, then to the content.
+    fn changes(self) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(2);
+        if self.came {
+            changes.push(Change::Name);
+        } else if self.went {
+            changes.push(Change::Gone);
+        }
+        if self.content {
+            changes.push(Change::Content);
+        }
+        changes
+    }
+}
+
 /// One batch's events, identical ones merged.
 #[derive(Default)]
 struct Batch {
@@ -282,16 +298,12 @@ fn decide(fs: &Fs, reports: Vec<((i32, OsString), Seen)>) -> Vec<((i32, OsString
             continue;
         };
         let decided = match what {
-            Watched::Dir(dir) => {
-                let change = if seen.came {
-                    Change::Name
-                } else if seen.went {
-                    Change::Gone
-                } else {
-                    Change::Content
-                };
-                fs.changed_behind(dir, &name, change)
-            }
+            // Every change the report holds is looked at: a name that came (our own create)
+            // and then had its content rewritten by a sync client, both in one batch, is a
+            // name change that is ours *and* a content change that is not.
+            Watched::Dir(dir) => seen.changes().into_iter().fold(true, |all, change| {
+                fs.changed_behind(dir, &name, change) && all
+            }),
             Watched::Shortened(ino) => {
                 name != OsStr::new(oxcrypt_core::node::CONTENTS_FILE)
                     || fs.content_changed_behind(ino)
@@ -348,5 +360,31 @@ mod tests {
         assert_eq!(b.entries[&(3, "c.c9r".into())], seen(false, true, false));
         assert_eq!(b.gone, vec![4]);
         assert!(b.overflow);
+    }
+
+    #[test]
+    fn a_name_that_came_and_had_its_content_changed_in_one_batch_reports_both() {
+        // Our own create of a.txt, then a sync client rewriting its ciphertext in place,
+        // read in one batch (the watcher was busy: seen under CPU load). Before, only the name
+        // was decided (ours: the same file on disk and in the table), and the client's
+        // rewrite was lost until the next event.
+        let mut buf = event(3, libc::IN_CREATE, "a.c9r");
+        buf.extend(event(3, libc::IN_CLOSE_WRITE, "a.c9r"));
+        buf.extend(event(3, libc::IN_MODIFY, "a.c9r"));
+        let mut b = Batch::default();
+        parse(&buf, &mut b);
+        let seen = b.entries[&(3, "a.c9r".into())];
+        assert_eq!(seen.changes(), vec![Change::Name, Change::Content]);
+        let gone = Seen {
+            went: true,
+            content: true,
+            ..Seen::default()
+        };
+        assert_eq!(gone.changes(), vec![Change::Gone, Change::Content]);
+        let content = Seen {
+            content: true,
+            ..Seen::default()
+        };
+        assert_eq!(content.changes(), vec![Change::Content]);
     }
 }
