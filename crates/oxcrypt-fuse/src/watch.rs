@@ -301,9 +301,15 @@ fn decide(fs: &Fs, reports: Vec<((i32, OsString), Seen)>) -> Vec<((i32, OsString
             // Every change the report holds is looked at: a name that came (our own create)
             // and then had its content rewritten by a sync client, both in one batch, is a
             // name change that is ours *and* a content change that is not.
-            Watched::Dir(dir) => seen.changes().into_iter().fold(true, |all, change| {
-                fs.changed_behind(dir, &name, change) && all
-            }),
+            // Each is decided even when one before it was not (it is asked again with the
+            // report; deciding a name twice is harmless).
+            Watched::Dir(dir) => {
+                let mut all = true;
+                for change in seen.changes() {
+                    all &= fs.changed_behind(dir, &name, change);
+                }
+                all
+            }
             Watched::Shortened(ino) => {
                 name != OsStr::new(oxcrypt_core::node::CONTENTS_FILE)
                     || fs.content_changed_behind(ino)
