@@ -9,6 +9,12 @@
 //! through the same loop, so batch sizes, edge handling and the refusal of unauthenticated bytes
 //! cannot drift apart.
 //!
+//! A read of whole AES-GCM chunks (chunk-aligned, to a chunk boundary or the end of the file:
+//! every READ of a sequential reader) is read apart, each chunk's body straight into its place
+//! in the caller's buffer and its nonce and tag beside, and decrypted there: one pass over the
+//! bytes less than reading the chunks into the I/O's buffer and decrypting out of it (+5 % on a
+//! cached 1 GiB read over `/dev/fuse`, kernel-notes).
+//!
 //! Callers hold the file's lock (see [`FileHandle`](crate::file::FileHandle)); nothing here
 //! locks.
 
@@ -18,7 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::chunks::{EdgeContents, ReadPlan, WritePlan};
-use crate::content::{ContentCryptor, FileHeader, CHUNK_SIZE, MAX_CHUNK_CIPHERTEXT};
+use crate::content::{CipherCombo, ContentCryptor, FileHeader, CHUNK_SIZE, MAX_CHUNK_CIPHERTEXT};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
 
 /// Chunks encrypted by [`ChunkFile::seal`], waiting in the I/O's buffer for
@@ -51,6 +57,57 @@ pub trait CiphertextIo {
     /// Writes `len` bytes of the ciphertext buffer, from position `from` in it, at offset `at`
     /// of `file`: all of them or an error.
     fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()>;
+
+    /// Reads ciphertext at offset `at` of `file` into `parts` in order (a chunk's nonce, body
+    /// and tag apart, so that bodies land where the reader wants the cleartext); returns the
+    /// count, fewer than the parts hold only at end of file.
+    fn read_scattered(
+        &mut self,
+        file: &File,
+        at: u64,
+        parts: &mut [io::IoSliceMut<'_>],
+    ) -> io::Result<usize> {
+        preadv_full(file, at, parts, 0)
+    }
+}
+
+/// `preadv2` until `parts` are full or end of file, with `flags` (e.g. `RWF_NOWAIT`, whose
+/// EAGAIN is returned as an error); returns the bytes read.
+pub fn preadv_full(
+    file: &File,
+    at: u64,
+    mut parts: &mut [io::IoSliceMut<'_>],
+    flags: libc::c_int,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0usize;
+    while !parts.is_empty() {
+        let count = parts.len().min(1024) as libc::c_int;
+        // SAFETY: `IoSliceMut` has the layout of `iovec` (std guarantees it on Unix), and each
+        // points at a live, exclusively borrowed buffer of its length.
+        let r = unsafe {
+            libc::preadv2(
+                file.as_raw_fd(),
+                parts.as_ptr().cast::<libc::iovec>(),
+                count,
+                (at + done as u64) as libc::off_t,
+                flags,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            break;
+        }
+        done += r as usize;
+        io::IoSliceMut::advance_slices(&mut parts, r as usize);
+    }
+    Ok(done)
 }
 
 /// Blocking `pread`/`pwrite` with heap buffers: the I/O of the offline tools and of the
@@ -182,6 +239,15 @@ impl ChunkFile<'_> {
             let Some(plan) = ReadPlan::new(combo, offset + done as u64, want, size) else {
                 break;
             };
+            if combo == CipherCombo::SivGcm
+                && plan.start % C == 0
+                && (plan.end % C == 0 || plan.end == size)
+            {
+                self.read_whole_chunks(io, &plan, &mut out[done..done + plan.len()])
+                    .inspect_err(|_| out[..done].fill(0))?;
+                done += plan.len();
+                continue;
+            }
             let got = io
                 .read(self.file, plan.ct_len, plan.ct_offset)
                 .at(self.path)?;
@@ -200,6 +266,59 @@ impl ChunkFile<'_> {
             done += plan.len();
         }
         Ok(done)
+    }
+
+    /// Reads the whole chunks of `plan` (chunk-aligned, ending at a chunk boundary or the end
+    /// of the file) with each body landing in its place in `out` and decrypted there: no copy
+    /// of the ciphertext between reading and decrypting. On failure `out` is zeroed.
+    fn read_whole_chunks(
+        &self,
+        io: &mut dyn CiphertextIo,
+        plan: &ReadPlan,
+        out: &mut [u8],
+    ) -> Result<()> {
+        const NONCE: usize = 12;
+        const TAG: usize = 16;
+        let chunks = (plan.last - plan.first + 1) as usize;
+        // Nonces and tags, (nonce, tag) per chunk.
+        let mut meta = [0u8; (BATCH_CHUNKS as usize + 1) * (NONCE + TAG)];
+        let got = {
+            let mut parts = Vec::with_capacity(3 * chunks);
+            let (mut bodies, mut pairs) = (&mut *out, &mut meta[..chunks * (NONCE + TAG)]);
+            for _ in 0..chunks {
+                let (body, b) = bodies.split_at_mut(bodies.len().min(CHUNK_SIZE));
+                let (nonce, p) = pairs.split_at_mut(NONCE);
+                let (tag, p) = p.split_at_mut(TAG);
+                parts.extend([
+                    io::IoSliceMut::new(nonce),
+                    io::IoSliceMut::new(body),
+                    io::IoSliceMut::new(tag),
+                ]);
+                (bodies, pairs) = (b, p);
+            }
+            io.read_scattered(self.file, plan.ct_offset, &mut parts)
+        };
+        let got = got.at(self.path).inspect_err(|_| out.fill(0))?;
+        if got < plan.ct_len {
+            out.fill(0);
+            let stride = self.cryptor.combo().chunk_ciphertext_len();
+            return Err(self.content_err(CryptoError::Truncated(ContentPart::Chunk(
+                plan.first + (got / stride) as u64,
+            ))));
+        }
+        for (k, body) in out.chunks_mut(CHUNK_SIZE).enumerate() {
+            let pair = &meta[k * (NONCE + TAG)..(k + 1) * (NONCE + TAG)];
+            let (nonce, tag) = pair.split_at(NONCE);
+            let index = plan.first + k as u64;
+            if let Err(e) = self
+                .cryptor
+                .decrypt_chunk_split(self.header, index, nonce, body, tag)
+            {
+                out.fill(0);
+                return Err(self.content_err(e));
+            }
+        }
+        Ok(())
     }
 
     /// Decrypts the whole chunk `index` of a file of cleartext size `size`.
@@ -457,6 +576,23 @@ mod tests {
             } else {
                 n
             })
+        }
+        /// Counted and shortened like `read`: the ciphertext is read whole, then dealt out.
+        fn read_scattered(
+            &mut self,
+            file: &File,
+            at: u64,
+            parts: &mut [io::IoSliceMut<'_>],
+        ) -> io::Result<usize> {
+            let len = parts.iter().map(|p| p.len()).sum();
+            let n = self.read(file, len, at)?;
+            let mut from = &self.inner.buffers().0[..n];
+            for p in parts.iter_mut() {
+                let take = p.len().min(from.len());
+                p[..take].copy_from_slice(&from[..take]);
+                from = &from[take..];
+            }
+            Ok(n)
         }
         fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()> {
             self.writes.push((at, len));
@@ -730,6 +866,65 @@ mod tests {
             out[..first].iter().all(|&b| b == 0),
             "no cleartext handed out"
         );
+    }
+
+    #[test]
+    fn whole_chunks_read_apart_decrypt_in_place_and_any_tampered_byte_fails_with_nothing_out() {
+        for combo in [CipherCombo::SivGcm, CipherCombo::SivCtrMac] {
+            // 3 chunks and a partial fourth: aligned reads take the scattered path (GCM).
+            let f = Fixture::new(combo);
+            let data = pattern(3 * CHUNK_SIZE + 1234, 9);
+            f.write(0, &data);
+            let size = f.size();
+            let mut out = vec![0u8; data.len() + 100];
+            let mut real = PreadIo::new();
+            let n = f.cf().read(&mut real, size, 0, &mut out).unwrap();
+            assert_eq!(&out[..n], &data[..], "{combo:?}");
+            let n = f
+                .cf()
+                .read(
+                    &mut real,
+                    size,
+                    CHUNK_SIZE as u64,
+                    &mut out[..2 * CHUNK_SIZE],
+                )
+                .unwrap();
+            assert_eq!(&out[..n], &data[CHUNK_SIZE..3 * CHUNK_SIZE]);
+            // A flipped byte in the second chunk's nonce, body or tag.
+            let stride = combo.chunk_ciphertext_len() as u64;
+            let chunk = combo.chunk_offset(1);
+            for at in [chunk + 3, chunk + 5000, chunk + stride - 2] {
+                let mut b = [0u8; 1];
+                f.file.read_exact_at(&mut b, at).unwrap();
+                f.file.write_all_at(&[b[0] ^ 0x40], at).unwrap();
+                out.fill(0xAA);
+                let e = f.cf().read(&mut real, size, 0, &mut out).unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        Error::Content {
+                            source: CryptoError::Auth(_),
+                            ..
+                        }
+                    ),
+                    "{combo:?} at {at}: {e:?}"
+                );
+                assert!(
+                    out[..3 * CHUNK_SIZE].iter().all(|&b| b == 0),
+                    "{combo:?}: nothing of the read is left in the buffer"
+                );
+                f.file.write_all_at(&b, at).unwrap();
+            }
+            // A truncated last chunk: an error, nothing out.
+            let len = f.file.metadata().unwrap().len();
+            f.file.set_len(len - 10).unwrap();
+            out.fill(0xAA);
+            assert!(f.cf().read(&mut real, size, 0, &mut out).is_err());
+            assert!(
+                out[..data.len()].iter().all(|&b| b == 0 || b == 0xAA),
+                "{combo:?}: no cleartext out"
+            );
+        }
     }
 
     #[test]

@@ -444,6 +444,38 @@ impl ContentCryptor {
         Ok(n)
     }
 
+    /// Decrypts chunk `index` of an AES-GCM file whose nonce, body and tag were read apart,
+    /// the body straight into its place in the reader's buffer: `body` is decrypted where it
+    /// is, with no copy. Errors (`Truncated`) for another cipher: those chunks are read whole.
+    /// On failure the body is zeroed.
+    pub fn decrypt_chunk_split(
+        &self,
+        header: &FileHeader,
+        index: u64,
+        nonce: &[u8],
+        body: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), CryptoError> {
+        let ChunkKey::Gcm(gcm) = &header.chunk_key else {
+            return Err(CryptoError::Truncated(ContentPart::Chunk(index)));
+        };
+        if nonce.len() != 12 || tag.len() != 16 || body.len() > CHUNK_SIZE {
+            return Err(CryptoError::Truncated(ContentPart::Chunk(index)));
+        }
+        let aad = gcm_chunk_aad(index, header.nonce(self.combo));
+        let n12 = Nonce::try_assume_unique_for_key(nonce).expect("12 bytes");
+        let tag = Tag::try_from(tag).expect("16 bytes");
+        if gcm
+            .key()
+            .open_in_place_separate_tag(n12, Aad::from(aad), tag, body, 0..)
+            .is_err()
+        {
+            body.fill(0);
+            return Err(CryptoError::Auth(ContentPart::Chunk(index)));
+        }
+        Ok(())
+    }
+
     /// Decrypts chunk `index` where it lies: `chunk` is its ciphertext (nonce, body, tag), and
     /// on success its body, `chunk[nonce_len..nonce_len + n]`, is the cleartext; returns `n`.
     /// Nothing is copied, so a buffer of whole chunks read from the file can be served from

@@ -177,6 +177,26 @@ impl CiphertextIo for RingIo {
         Ok(got)
     }
 
+    /// A scattered read is a `preadv2` (a page-cache hit completes inside it, as a ring read
+    /// would); in no-wait mode with `RWF_NOWAIT`, failing with EAGAIN for ciphertext that is
+    /// not in the page cache (or on a file system without no-wait reads).
+    fn read_scattered(
+        &mut self,
+        file: &File,
+        at: u64,
+        parts: &mut [io::IoSliceMut<'_>],
+    ) -> io::Result<usize> {
+        if !crate::nowait::disk() {
+            return oxcrypt_core::chunk_io::preadv_full(file, at, parts, 0);
+        }
+        match oxcrypt_core::chunk_io::preadv_full(file, at, parts, libc::RWF_NOWAIT) {
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EOPNOTSUPP)) => {
+                Err(io::Error::from_raw_os_error(libc::EAGAIN))
+            }
+            r => r,
+        }
+    }
+
     fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()> {
         let mut put = 0;
         while put < len {
