@@ -165,6 +165,8 @@ struct Run {
     ahead_to: u64,
     /// Bumped when the run breaks off: jobs of an older run are dropped.
     epoch: u64,
+    /// The file's generation at the run's READs: a change breaks the run.
+    generation: u64,
     /// Decrypted windows, in order of `start`.
     windows: VecDeque<Window>,
     /// Starts of the windows being decrypted.
@@ -225,12 +227,25 @@ impl ReadAhead {
         }
     }
 
-    /// Records a READ of `len` bytes at `offset` that returned `n`, and returns the windows to
-    /// decrypt next (none unless the run is long enough and the budget allows).
-    pub(crate) fn after_read(&self, offset: u64, n: usize, len: usize) -> Vec<Ask> {
+    /// Records a READ of `len` bytes at `offset` that returned `n`, the file being at
+    /// `generation`, and returns the windows to decrypt next (none unless the run is long
+    /// enough and the budget allows).
+    ///
+    /// A change of the file between two READs breaks the run like a seek: a file being written
+    /// while it is read would throw away every window (served only at the generation they
+    /// were decrypted at), so windows are asked for again only after [`STREAK`] READs with no
+    /// change between them.
+    pub(crate) fn after_read(
+        &self,
+        offset: u64,
+        n: usize,
+        len: usize,
+        generation: u64,
+    ) -> Vec<Ask> {
         let mut run = self.run();
         let end = offset + n as u64;
         let in_run = run.streak > 0
+            && run.generation == generation
             && offset + 2 * WINDOW as u64 >= run.next
             && offset <= run.next + WINDOW as u64;
         if in_run {
@@ -242,6 +257,7 @@ impl ReadAhead {
                 epoch: run.epoch + 1,
                 streak: 1,
                 next: end,
+                generation,
                 ..Run::default()
             };
             self.filled.notify_all();
@@ -424,8 +440,8 @@ mod tests {
         let mut out = vec![0u8; WINDOW];
         // The first READs are not served; after STREAK of them, windows are asked for.
         assert!(ra.serve(0, &mut out, 7, false).is_none());
-        assert!(ra.after_read(0, WINDOW, WINDOW).is_empty());
-        let asks = ra.after_read(W, WINDOW, WINDOW);
+        assert!(ra.after_read(0, WINDOW, WINDOW, 0).is_empty());
+        let asks = ra.after_read(W, WINDOW, WINDOW, 0);
         assert_eq!(
             asks.iter().map(|a| a.start).collect::<Vec<_>>(),
             vec![2 * W, 3 * W]
@@ -449,20 +465,34 @@ mod tests {
         let size = 3 * W + 1000;
         let read = reader(size, 1);
         let mut out = vec![0u8; WINDOW];
-        ra.after_read(0, WINDOW, WINDOW);
-        for ask in ra.after_read(W, WINDOW, WINDOW) {
+        ra.after_read(0, WINDOW, WINDOW, 0);
+        for ask in ra.after_read(W, WINDOW, WINDOW, 0) {
             let s = ask.start;
             ra.fill(ask, |buf| Ok(read(s, buf)));
         }
         assert_eq!(ra.serve(2 * W, &mut out, 1, false), Some(WINDOW));
-        ra.after_read(2 * W, WINDOW, WINDOW);
+        ra.after_read(2 * W, WINDOW, WINDOW, 0);
         assert_eq!(ra.serve(3 * W, &mut out, 1, false), Some(1000));
         expect(3 * W, &out[..1000]);
         // A seek back to the start breaks the run: the windows go.
-        ra.after_read(3 * W, 1000, WINDOW);
-        ra.after_read(0, WINDOW, WINDOW);
+        ra.after_read(3 * W, 1000, WINDOW, 0);
+        ra.after_read(0, WINDOW, WINDOW, 0);
         assert!(ra.serve(3 * W, &mut out, 1, false).is_none());
         assert!(ra.run().windows.is_empty() && ra.run().pending.is_empty());
+    }
+
+    #[test]
+    fn a_change_between_two_reads_breaks_the_run() {
+        let _turn = one_at_a_time();
+        let ra = ReadAhead::default();
+        assert!(ra.after_read(0, WINDOW, WINDOW, 4).is_empty());
+        // Written between the READs: no windows, they would be stale at once.
+        assert!(ra.after_read(W, WINDOW, WINDOW, 5).is_empty());
+        // Two READs at one generation again: windows.
+        assert_eq!(ra.after_read(2 * W, WINDOW, WINDOW, 5).len(), 2);
+        // And a change drops the run's pending windows (their jobs are not run).
+        ra.after_read(3 * W, WINDOW, WINDOW, 6);
+        assert!(ra.run().pending.is_empty());
     }
 
     #[test]
@@ -470,8 +500,8 @@ mod tests {
         let _turn = one_at_a_time();
         let ra = ReadAhead::default();
         let read = reader(100 * W, 0);
-        ra.after_read(0, WINDOW, WINDOW);
-        let asks = ra.after_read(W, WINDOW, WINDOW);
+        ra.after_read(0, WINDOW, WINDOW, 0);
+        let asks = ra.after_read(W, WINDOW, WINDOW, 0);
         assert_eq!(asks.len(), 2);
         let mut asks = asks.into_iter();
         let (a, b) = (asks.next().unwrap(), asks.next().unwrap());
@@ -485,7 +515,7 @@ mod tests {
         let mut out = vec![0u8; 10];
         assert!(ra.serve(2 * W, &mut out, 0, false).is_none());
         // A seek before `b` is filled: it is dropped unread.
-        ra.after_read(50 * W, WINDOW, WINDOW);
+        ra.after_read(50 * W, WINDOW, WINDOW, 0);
         let mut called = false;
         ra.fill(b, |buf| {
             called = true;
@@ -499,8 +529,8 @@ mod tests {
     fn a_read_waits_for_its_window_while_it_is_decrypted() {
         let _turn = one_at_a_time();
         let ra = std::sync::Arc::new(ReadAhead::default());
-        ra.after_read(0, WINDOW, WINDOW);
-        let asks = ra.after_read(W, WINDOW, WINDOW);
+        ra.after_read(0, WINDOW, WINDOW, 0);
+        let asks = ra.after_read(W, WINDOW, WINDOW, 0);
         let filler = {
             let ra = ra.clone();
             std::thread::spawn(move || {

@@ -387,7 +387,8 @@ impl Engine {
     /// Records a READ of `file` (`len` bytes asked at `offset`, `n` read) in its run, and
     /// queues on its home worker the windows to decrypt ahead of it (see `ahead.rs`).
     fn read_ahead(&self, file: &Arc<OpenFile>, offset: u64, n: usize, len: usize) {
-        for ask in file.ahead.after_read(offset, n, len) {
+        let generation = file.handle.generation();
+        for ask in file.ahead.after_read(offset, n, len, generation) {
             // Windows are independent: consecutive ones go to different workers, so a single
             // stream is decrypted on every core.
             let worker = (file.id + ask.start / ahead::WINDOW as u64) % self.workers.len() as u64;
