@@ -2,12 +2,13 @@
 //!
 //! The kernel's read-ahead sends a sequential reader's READs one window (1 MiB) at a time, and
 //! without this each READ read its ciphertext and decrypted it in the thread that served it,
-//! while the reader waited: on two cores one stream kept about one busy. Once a file has been
-//! read sequentially for [`STREAK`] READs, its home worker reads and decrypts the next
-//! [`DEPTH`] windows ahead of the reader into buffers of ours (through the worker's ring and
-//! its registered buffer, so ext4's own read-ahead of the ciphertext keeps the disk busy
-//! behind it); a READ that finds its bytes there copies them out, which a ring queue thread
-//! may do inline. A READ that arrives while its window is still being decrypted waits for it
+//! while the reader waited: on two cores one stream kept about one busy. Once a file's READs
+//! have covered [`RUN_BYTES`] without a gap (and at least [`STREAK`] of them), the workers
+//! read and decrypt the next [`DEPTH`] windows ahead of the reader into buffers of ours, one
+//! window per worker in turn (buffered `pread` into the window, so ext4's own read-ahead of
+//! the ciphertext keeps the disk busy behind it; each chunk is decrypted where it was read);
+//! a READ that finds its bytes there copies them out, which a ring queue thread may do
+//! inline. A READ that arrives while its window is still being decrypted waits for it
 //! (briefly, and only in a thread that may block) instead of decrypting the same chunks twice.
 //!
 //! **Never a stale byte.** A window is decrypted under the file's lock held shared, and tagged
