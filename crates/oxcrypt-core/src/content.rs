@@ -415,20 +415,10 @@ impl ContentCryptor {
         let ct = &data[nl..nl + n];
         let tag = &data[nl + n..];
         match &header.chunk_key {
-            ChunkKey::Gcm(gcm) => {
-                let aad = gcm_chunk_aad(index, header.nonce(self.combo));
-                let n12 = Nonce::try_assume_unique_for_key(&data[..12]).expect("12 bytes");
-                let tag = Tag::try_from(tag).expect("16 bytes");
+            ChunkKey::Gcm(_) => {
                 let body = &mut out[..n];
                 body.copy_from_slice(ct);
-                if gcm
-                    .key()
-                    .open_in_place_separate_tag(n12, Aad::from(aad), tag, body, 0..)
-                    .is_err()
-                {
-                    body.fill(0);
-                    return Err(CryptoError::Auth(ContentPart::Chunk(index)));
-                }
+                self.decrypt_chunk_split(header, index, &data[..nl], body, tag)?;
             }
             ChunkKey::Ctr(key) => {
                 let expected = self.ctr_chunk_mac(header, index, &data[..nl + n]);
@@ -446,7 +436,7 @@ impl ContentCryptor {
 
     /// Decrypts chunk `index` of an AES-GCM file whose nonce, body and tag were read apart,
     /// the body straight into its place in the reader's buffer: `body` is decrypted where it
-    /// is, with no copy. Errors (`Truncated`) for another cipher: those chunks are read whole.
+    /// is, with no copy (the one place a GCM chunk is opened; the whole-chunk forms call it). Errors (`Truncated`) for another cipher: those chunks are read whole.
     /// On failure the body is zeroed.
     pub fn decrypt_chunk_split(
         &self,
@@ -494,21 +484,11 @@ impl ContentCryptor {
             return Err(CryptoError::Truncated(ContentPart::Chunk(index)));
         }
         let n = chunk.len() - nl - tl;
-        let (head, rest) = chunk.split_at_mut(nl);
-        let (body, tag) = rest.split_at_mut(n);
         match &header.chunk_key {
-            ChunkKey::Gcm(gcm) => {
-                let aad = gcm_chunk_aad(index, header.nonce(self.combo));
-                let n12 = Nonce::try_assume_unique_for_key(&head[..12]).expect("12 bytes");
-                let tag = Tag::try_from(&tag[..]).expect("16 bytes");
-                if gcm
-                    .key()
-                    .open_in_place_separate_tag(n12, Aad::from(aad), tag, body, 0..)
-                    .is_err()
-                {
-                    body.fill(0);
-                    return Err(CryptoError::Auth(ContentPart::Chunk(index)));
-                }
+            ChunkKey::Gcm(_) => {
+                let (head, rest) = chunk.split_at_mut(nl);
+                let (body, tag) = rest.split_at_mut(n);
+                self.decrypt_chunk_split(header, index, head, body, tag)?;
             }
             ChunkKey::Ctr(key) => {
                 let expected = self.ctr_chunk_mac(header, index, &chunk[..nl + n]);
