@@ -239,10 +239,7 @@ impl ChunkFile<'_> {
             let Some(plan) = ReadPlan::new(combo, offset + done as u64, want, size) else {
                 break;
             };
-            if combo == CipherCombo::SivGcm
-                && plan.start % C == 0
-                && (plan.end % C == 0 || plan.end == size)
-            {
+            if combo == CipherCombo::SivGcm && plan.is_whole_chunks(size) {
                 self.read_whole_chunks(io, &plan, &mut out[done..done + plan.len()])
                     .inspect_err(|_| out[..done].fill(0))?;
                 done += plan.len();

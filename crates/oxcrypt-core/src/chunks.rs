@@ -56,6 +56,13 @@ impl ReadPlan {
         (self.end - self.start) as usize
     }
 
+    /// Whether the plan covers whole chunks only, from a chunk boundary to a chunk boundary
+    /// or the end of a file of cleartext size `size` (each chunk's cleartext then goes to
+    /// the reader as a whole, and can be decrypted where the reader wants it).
+    pub fn is_whole_chunks(&self, size: u64) -> bool {
+        self.start.is_multiple_of(C) && (self.end.is_multiple_of(C) || self.end == size)
+    }
+
     /// Always false: a plan covers at least one byte.
     pub fn is_empty(&self) -> bool {
         false

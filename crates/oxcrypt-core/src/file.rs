@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::chunk_io::{read_full_at, with_thread_pread, ChunkFile, CiphertextIo};
+use crate::chunks::ReadPlan;
 use crate::content::{ContentCryptor, FileHeader, CHUNK_SIZE, MAX_HEADER_LEN};
 use crate::error::{ContentPart, CryptoError, Error, IoContext, Result};
 use crate::node::{attr_from, Attr, FileType};
@@ -303,13 +304,11 @@ impl FileHandle {
             return Ok((placed, generation));
         };
         let size = self.size_unlocked()?;
-        let start = first * CHUNK_SIZE as u64;
-        if start >= size || chunks == 0 {
+        let want = (chunks * CHUNK_SIZE) as u64;
+        let Some(plan) = ReadPlan::new(combo, first * CHUNK_SIZE as u64, want, size) else {
             return Ok((placed, generation));
-        }
-        let len = (size - start).min((chunks * CHUNK_SIZE) as u64) as usize;
-        let ct_at = combo.chunk_offset(first);
-        let ct_len = (combo.ciphertext_size(start + len as u64) - ct_at) as usize;
+        };
+        let (len, ct_at, ct_len) = (plan.len(), plan.ct_offset, plan.ct_len);
         let direct_file = if direct {
             self.direct
                 .get_or_init(|| crate::store::reopen_direct(&self.file))
