@@ -3,7 +3,7 @@
 //! The kernel's read-ahead sends a sequential reader's READs one window (1 MiB) at a time, and
 //! without this each READ read its ciphertext and decrypted it in the thread that served it,
 //! while the reader waited: on two cores one stream kept about one busy. Once a file's READs
-//! have covered [`RUN_BYTES`] without a gap (and at least [`STREAK`] of them), the workers
+//! have covered [`RUN_BYTES`] without a gap, the workers
 //! read and decrypt the next [`DEPTH`] windows ahead of the reader into buffers of ours, one
 //! window per worker in turn (buffered `pread` into the window, so ext4's own read-ahead of
 //! the ciphertext keeps the disk busy behind it; each chunk is decrypted where it was read);
@@ -37,12 +37,10 @@ pub const WINDOW: usize = 1 << 20;
 pub const WINDOW_CHUNKS: usize = WINDOW / CHUNK_SIZE;
 /// Windows kept decrypted ahead of the furthest READ of a run.
 pub const DEPTH: u64 = 2;
-/// READs in a row, each starting where the run had got to, before decrypting ahead starts.
-pub const STREAK: u32 = 2;
-/// Bytes a run must cover without a gap before decrypting ahead starts: random readers
-/// never get there (a 4 KiB read that lands just behind the last one is not a stream; with
-/// only the READ count, 4 threads of random reads had windows decrypted for nothing and lost
-/// a quarter of their IOPS).
+/// Bytes a run must cover without a gap before decrypting ahead starts (two READs of a
+/// sequential reader): random readers never get there (a 4 KiB read that lands just behind
+/// the last one is not a stream; counting READs instead, 4 threads of random reads had
+/// windows decrypted for nothing and lost 43 % of their IOPS).
 pub const RUN_BYTES: u64 = 2 * WINDOW as u64;
 /// Windows in the whole daemon (each [`WINDOW`] bytes).
 pub const BUDGET: usize = 6;
@@ -167,8 +165,8 @@ struct Run {
     start: u64,
     /// Where the furthest READ of the run ended.
     next: u64,
-    /// READs in the run.
-    streak: u32,
+    /// A run is being followed (false before the file's first READ).
+    open: bool,
     /// Windows were asked for up to here.
     ahead_to: u64,
     /// Bumped when the run breaks off: jobs of an older run are dropped.
@@ -252,8 +250,8 @@ impl ReadAhead {
     ///
     /// A change of the file between two READs breaks the run like a seek: a file being written
     /// while it is read would throw away every window (served only at the generation they
-    /// were decrypted at), so windows are asked for again only after [`STREAK`] READs with no
-    /// change between them.
+    /// were decrypted at), so windows are asked for again only once the READs since the last
+    /// change cover [`RUN_BYTES`].
     pub(crate) fn after_read(
         &self,
         offset: u64,
@@ -274,12 +272,11 @@ impl ReadAhead {
         // A READ continues the run if it starts where the run has got to, or a little behind
         // (the kernel's read-ahead sends several READs at once, and two threads may take them
         // out of order); a gap breaks it.
-        let in_run = run.streak > 0
+        let in_run = run.open
             && run.generation == generation
             && offset <= run.next
             && offset + WINDOW as u64 >= run.next;
         if in_run {
-            run.streak = run.streak.saturating_add(1);
             run.start = run.start.min(offset);
             run.next = run.next.max(end);
         } else {
@@ -287,7 +284,7 @@ impl ReadAhead {
             let waited_for = !run.pending.is_empty();
             *run = Run {
                 epoch: run.epoch + 1,
-                streak: 1,
+                open: true,
                 start: offset,
                 next: end,
                 generation,
@@ -305,7 +302,6 @@ impl ReadAhead {
         }
         let mut asks = Vec::new();
         if n < len
-            || run.streak < STREAK
             || run.next - run.start < RUN_BYTES
             || run.windows.back().is_some_and(Window::at_eof)
         {
@@ -480,7 +476,7 @@ mod tests {
         let size = 10 * W + 1000;
         let read = reader(size, 7);
         let mut out = vec![0u8; WINDOW];
-        // The first READs are not served; after STREAK of them, windows are asked for.
+        // The first READs are not served; once they cover RUN_BYTES, windows are asked for.
         assert!(ra.serve(0, &mut out, 7, false).is_none());
         assert!(ra.after_read(0, WINDOW, WINDOW, 0).is_empty());
         let asks = ra.after_read(W, WINDOW, WINDOW, 0);

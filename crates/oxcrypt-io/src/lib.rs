@@ -385,7 +385,7 @@ impl Engine {
     }
 
     /// Records a READ of `file` (`len` bytes asked at `offset`, `n` read) in its run, and
-    /// queues on its home worker the windows to decrypt ahead of it (see `ahead.rs`).
+    /// queues the windows to decrypt ahead of it on the workers in turn (see `ahead.rs`).
     fn read_ahead(&self, file: &Arc<OpenFile>, offset: u64, n: usize, len: usize) {
         let generation = file.handle.generation();
         for ask in file.ahead.after_read(offset, n, len, generation) {
