@@ -298,11 +298,10 @@ fn decide(fs: &Fs, reports: Vec<((i32, OsString), Seen)>) -> Vec<((i32, OsString
             continue;
         };
         let decided = match what {
-            // Every change the report holds is looked at: a name that came (our own create)
-            // and then had its content rewritten by a sync client, both in one batch, is a
-            // name change that is ours *and* a content change that is not.
-            // Each is decided even when one before it was not (it is asked again with the
-            // report; deciding a name twice is harmless).
+            // Every change the report holds is decided, each even when one before it was not
+            // (the report is asked again; deciding a name twice is harmless): a name that came
+            // (our own create) and then had its content rewritten by a sync client, in one
+            // batch, is a name change that is ours *and* a content change that is not.
             Watched::Dir(dir) => {
                 let mut all = true;
                 for change in seen.changes() {

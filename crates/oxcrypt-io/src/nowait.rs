@@ -25,22 +25,21 @@ pub struct NoWait {
 /// waiting for a file's queued changes, and (with `disk`) instead of reading ciphertext
 /// that is not in the page cache.
 pub fn no_wait(disk: bool) -> NoWait {
-    let prev = (
-        CHANGES.with(|c| c.replace(true)),
-        DISK.with(|d| d.replace(disk)),
-        DECRYPT.with(|d| d.replace(false)),
-    );
-    NoWait { prev }
+    enter(disk, false)
 }
 
 /// Like [`no_wait`]`(true)`, and a READ does not even decrypt here: it is answered only from
 /// bytes already decrypted ahead of a sequential reader, EAGAIN otherwise (a large READ on a
 /// ring queue thread, where decrypting a whole window would hold up the queue).
 pub fn no_wait_decrypted_only() -> NoWait {
+    enter(true, true)
+}
+
+fn enter(disk: bool, decrypt: bool) -> NoWait {
     let prev = (
         CHANGES.with(|c| c.replace(true)),
-        DISK.with(|d| d.replace(true)),
-        DECRYPT.with(|d| d.replace(true)),
+        DISK.with(|d| d.replace(disk)),
+        DECRYPT.with(|d| d.replace(decrypt)),
     );
     NoWait { prev }
 }

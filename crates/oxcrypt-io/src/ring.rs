@@ -179,7 +179,9 @@ impl CiphertextIo for RingIo {
 
     /// A scattered read is a `preadv2` (a page-cache hit completes inside it, as a ring read
     /// would); in no-wait mode with `RWF_NOWAIT`, failing with EAGAIN for ciphertext that is
-    /// not in the page cache (or on a file system without no-wait reads).
+    /// not in the page cache (or on a file system without no-wait reads). Not a ring READV:
+    /// the parts are the caller's buffer, and a ring whose wait failed could still write into
+    /// it after we return (our own buffer is leaked then; the caller's cannot be).
     fn read_scattered(
         &mut self,
         file: &File,
