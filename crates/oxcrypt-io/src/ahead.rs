@@ -19,13 +19,14 @@
 //! else (another generation, a failed decryption, a run that broke off) falls back to the
 //! ordinary read, which reports the error itself.
 //!
-//! **Bounded memory.** At most [`BUDGET`] windows exist in the whole daemon; a stream that
-//! finds none free reads as it would without this. A seek (a READ away from the run) drops the
-//! file's windows and the jobs still queued for them.
+//! **Bounded memory.** At most [`BUDGET`] windows exist in the whole daemon. A stream that
+//! finds none free takes those of a reader that has not read for [`IDLE`] (a player paused
+//! mid-file keeps its file open), and otherwise reads as it would without this. A seek (a READ
+//! away from the run) drops the file's windows and the jobs still queued for them.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use oxcrypt_core::content::CHUNK_SIZE;
@@ -48,11 +49,22 @@ pub const BUDGET: usize = 6;
 const WAIT: Duration = Duration::from_millis(50);
 /// Spare buffers kept for the next window instead of being freed.
 const SPARE: usize = 2;
+/// A reader that has not read for this long gives up its windows to a stream that needs them.
+pub const IDLE: Duration = Duration::from_secs(1);
 
 /// Windows in existence (held by a file, being filled, or spare).
 static WINDOWS: AtomicUsize = AtomicUsize::new(0);
 /// Buffers of windows that were dropped, for reuse without zeroing a new one.
 static SPARES: Mutex<Vec<Aligned>> = Mutex::new(Vec::new());
+/// Every file whose windows were ever asked for, while it is open: where a stream short of
+/// buffers looks for an idle reader's (see [`ReadAhead::reclaim_idle`]).
+static HOLDERS: Mutex<Vec<Weak<ReadAhead>>> = Mutex::new(Vec::new());
+
+/// Whether a window could be had now: the budget has room, or a spare buffer is there.
+fn room() -> bool {
+    WINDOWS.load(Ordering::Relaxed) < BUDGET
+        || !SPARES.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+}
 
 /// A zeroed heap buffer of [`InPlace::buffer_len`]`(WINDOW_CHUNKS)` bytes aligned to
 /// [`DIRECT_ALIGN`], as `O_DIRECT` reads need.
@@ -177,6 +189,19 @@ struct Run {
     windows: VecDeque<Window>,
     /// Starts of the windows being decrypted.
     pending: Vec<u64>,
+    /// When the file was last read (the last READ recorded in the run).
+    last_read: Option<Instant>,
+}
+
+impl Run {
+    /// Whether the run holds windows (or is decrypting some) although its reader has not read
+    /// for [`IDLE`] at `now`.
+    fn idle(&self, now: Instant) -> bool {
+        (!self.windows.is_empty() || !self.pending.is_empty())
+            && self
+                .last_read
+                .is_some_and(|t| now.saturating_duration_since(t) >= IDLE)
+    }
 }
 
 /// One file's decrypt-ahead state. The mutex protects the run and its windows; it is held to
@@ -194,6 +219,8 @@ pub struct ReadAhead {
     /// Windows were asked for in the current run (set under the lock when asking, cleared
     /// under it when the run ends and its windows go).
     armed: AtomicBool,
+    /// This file is in [`HOLDERS`].
+    registered: AtomicBool,
 }
 
 /// A window to decrypt: its start, and the run it belongs to.
@@ -253,7 +280,7 @@ impl ReadAhead {
     /// were decrypted at), so windows are asked for again only once the READs since the last
     /// change cover [`RUN_BYTES`].
     pub(crate) fn after_read(
-        &self,
+        self: &Arc<Self>,
         offset: u64,
         n: usize,
         len: usize,
@@ -276,6 +303,7 @@ impl ReadAhead {
             && run.generation == generation
             && offset <= run.next
             && offset + WINDOW as u64 >= run.next;
+        run.last_read = Some(Instant::now());
         if in_run {
             run.start = run.start.min(offset);
             run.next = run.next.max(end);
@@ -288,6 +316,7 @@ impl ReadAhead {
                 start: offset,
                 next: end,
                 generation,
+                last_read: run.last_read,
                 ..Run::default()
             };
             self.armed.store(false, Ordering::Release);
@@ -310,7 +339,15 @@ impl ReadAhead {
         // Windows start at chunk boundaries.
         run.ahead_to = run.ahead_to.max(run.next - run.next % CHUNK_SIZE as u64);
         let target = run.next + DEPTH * WINDOW as u64;
-        while run.ahead_to < target && WINDOWS.load(Ordering::Relaxed) < BUDGET {
+        if run.ahead_to < target && !room() {
+            Self::reclaim_idle(self);
+        }
+        if run.ahead_to < target && !self.registered.swap(true, Ordering::AcqRel) {
+            let mut holders = HOLDERS.lock().unwrap_or_else(|p| p.into_inner());
+            holders.retain(|h| h.strong_count() > 0);
+            holders.push(Arc::downgrade(self));
+        }
+        while run.ahead_to < target && room() {
             let start = run.ahead_to;
             self.armed.store(true, Ordering::Release);
             run.pending.push(start);
@@ -334,7 +371,10 @@ impl ReadAhead {
         if !self.still_wanted(&ask) {
             return;
         }
-        let Some(mut buf) = Buffer::take() else {
+        let Some(mut buf) = Buffer::take().or_else(|| {
+            Self::reclaim_idle(self);
+            Buffer::take()
+        }) else {
             self.abandon(ask);
             return;
         };
@@ -372,13 +412,38 @@ impl ReadAhead {
 
     /// Ends the run: its windows are dropped, and so are the jobs still queued for it.
     pub(crate) fn reset(&self) {
-        let mut run = self.run();
+        self.end_run(&mut self.run());
+    }
+
+    /// Ends `run` (this file's, locked): see [`reset`](Self::reset).
+    fn end_run(&self, run: &mut Run) {
         *run = Run {
             epoch: run.epoch + 1,
             ..Run::default()
         };
         self.armed.store(false, Ordering::Release);
         self.filled.notify_all();
+    }
+
+    /// Drops the windows of every other file whose reader has been idle for [`IDLE`], so that
+    /// `me`, short of buffers, can have them. Files whose lock is busy are being read and are
+    /// skipped (only `try_lock`: the caller may hold its own run's lock).
+    fn reclaim_idle(me: &ReadAhead) {
+        let now = Instant::now();
+        let mut holders = HOLDERS.lock().unwrap_or_else(|p| p.into_inner());
+        holders.retain(|h| h.strong_count() > 0);
+        for other in holders.iter().filter_map(Weak::upgrade) {
+            if std::ptr::eq(&*other, me) {
+                continue;
+            }
+            let Ok(mut run) = other.run.try_lock() else {
+                continue;
+            };
+            if run.idle(now) {
+                tracing::debug!("windows of an idle reader reclaimed");
+                other.end_run(&mut run);
+            }
+        }
     }
 
     /// Cleartext bytes held in windows.
@@ -472,7 +537,7 @@ mod tests {
     #[test]
     fn a_sequential_run_is_served_from_windows_and_a_change_stops_that() {
         let _turn = one_at_a_time();
-        let ra = ReadAhead::default();
+        let ra = Arc::new(ReadAhead::default());
         let size = 10 * W + 1000;
         let read = reader(size, 7);
         let mut out = vec![0u8; WINDOW];
@@ -499,7 +564,7 @@ mod tests {
     #[test]
     fn the_end_of_the_file_is_served_short_and_a_seek_drops_the_windows() {
         let _turn = one_at_a_time();
-        let ra = ReadAhead::default();
+        let ra = Arc::new(ReadAhead::default());
         let size = 3 * W + 1000;
         let read = reader(size, 1);
         let mut out = vec![0u8; WINDOW];
@@ -522,7 +587,7 @@ mod tests {
     #[test]
     fn small_reads_near_each_other_are_not_a_run_until_they_cover_two_windows() {
         let _turn = one_at_a_time();
-        let ra = ReadAhead::default();
+        let ra = Arc::new(ReadAhead::default());
         // Random 4 KiB reads that happen to land just behind one another: no windows.
         assert!(ra.after_read(10 * W, 4096, 4096, 0).is_empty());
         assert!(ra.after_read(10 * W - 8192, 4096, 4096, 0).is_empty());
@@ -544,7 +609,7 @@ mod tests {
     #[test]
     fn a_change_between_two_reads_breaks_the_run() {
         let _turn = one_at_a_time();
-        let ra = ReadAhead::default();
+        let ra = Arc::new(ReadAhead::default());
         assert!(ra.after_read(0, WINDOW, WINDOW, 4).is_empty());
         // Written between the READs: no windows, they would be stale at once.
         assert!(ra.after_read(W, WINDOW, WINDOW, 5).is_empty());
@@ -558,7 +623,7 @@ mod tests {
     #[test]
     fn a_window_of_a_broken_run_or_a_failed_decryption_is_not_kept() {
         let _turn = one_at_a_time();
-        let ra = ReadAhead::default();
+        let ra = Arc::new(ReadAhead::default());
         let read = reader(100 * W, 0);
         ra.after_read(0, WINDOW, WINDOW, 0);
         let asks = ra.after_read(W, WINDOW, WINDOW, 0);
@@ -586,9 +651,54 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_reader_gives_its_windows_to_a_stream_short_of_them() {
+        let _turn = one_at_a_time();
+        let read = reader(100 * W, 0);
+        let stream = |ra: &Arc<ReadAhead>, from: u64| {
+            for k in 0..2 {
+                for ask in ra.after_read(from + k * W, WINDOW, WINDOW, 0) {
+                    let s = ask.start;
+                    ra.fill(ask, |buf| Ok(read(s, buf)));
+                }
+            }
+        };
+        // Readers that stopped mid-file, their files open, hold the whole budget.
+        let mut readers: Vec<Arc<ReadAhead>> = Vec::new();
+        while room() {
+            assert!(readers.len() < BUDGET, "every reader got windows");
+            let ra = Arc::new(ReadAhead::default());
+            stream(&ra, 0);
+            assert!(ra.held() > 0);
+            readers.push(ra);
+        }
+        // A new stream gets none while they have read within IDLE.
+        let late = Arc::new(ReadAhead::default());
+        stream(&late, 0);
+        assert_eq!(late.held(), 0);
+        // The first one has been idle for longer: its windows go to the new stream.
+        readers[0].run().last_read = Instant::now().checked_sub(2 * IDLE);
+        stream(&late, 2 * W);
+        assert!(
+            late.held() > 0,
+            "the idle reader's windows were not reclaimed"
+        );
+        let mut out = vec![0u8; 4096];
+        assert_eq!(late.serve(4 * W, &mut out, 0, false), Some(4096));
+        expect(4 * W, &out);
+        assert_eq!(readers[0].held(), 0);
+        assert!(readers[0].serve(2 * W, &mut out, 0, false).is_none());
+        // The others were reading: they keep theirs.
+        for ra in &readers[1..] {
+            assert!(ra.held() > 0);
+            assert_eq!(ra.serve(2 * W, &mut out, 0, false), Some(4096));
+            expect(2 * W, &out);
+        }
+    }
+
+    #[test]
     fn a_read_waits_for_its_window_while_it_is_decrypted() {
         let _turn = one_at_a_time();
-        let ra = std::sync::Arc::new(ReadAhead::default());
+        let ra = Arc::new(ReadAhead::default());
         ra.after_read(0, WINDOW, WINDOW, 0);
         let asks = ra.after_read(W, WINDOW, WINDOW, 0);
         let filler = {

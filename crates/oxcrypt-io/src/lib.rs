@@ -136,7 +136,7 @@ pub struct OpenFile {
     /// the disk, and a backlog of them would hold up the file's fsync behind them).
     writeback_queued: std::sync::atomic::AtomicBool,
     /// The run of sequential READs and the windows decrypted ahead of it.
-    ahead: ahead::ReadAhead,
+    ahead: Arc<ahead::ReadAhead>,
 }
 
 /// Bytes written to one file after which its ciphertext's writeback is started behind the
@@ -160,7 +160,7 @@ impl OpenFile {
             changes: ChangeQueue::default(),
             unsent: std::sync::atomic::AtomicU64::new(0),
             writeback_queued: std::sync::atomic::AtomicBool::new(false),
-            ahead: ahead::ReadAhead::default(),
+            ahead: Arc::default(),
         })
     }
 

@@ -1,7 +1,7 @@
 //! Decrypting ahead of a sequential reader, through the engine on a real vault file: windows
 //! are decrypted and served, and a change of the file (a write, a truncate) is never answered
 //! from a window decrypted before it, with the ciphertext read through the page cache or with
-//! `O_DIRECT`.
+//! `O_DIRECT`; readers that stop mid-file give their windows up to a new one once idle.
 
 use std::sync::Arc;
 
@@ -22,11 +22,15 @@ fn read(engine: &Engine, file: &Arc<OpenFile>, offset: usize, len: usize) -> Vec
     out
 }
 
-fn check(tuning: Tuning) {
-    // The window budget is the process's: the tests take turns.
+/// The window budget is the process's: the tests take turns.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
-    // /var/tmp: a tmpfs /tmp may refuse O_DIRECT (the handle then reads buffered).
+    TURN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A new vault in a temporary directory (in /var/tmp: a tmpfs /tmp may refuse `O_DIRECT`,
+/// and the handle then reads buffered).
+fn vault() -> (tempfile::TempDir, Vault) {
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let vault = Vault::create(
         &dir.path().join("v"),
@@ -37,6 +41,12 @@ fn check(tuning: Tuning) {
         },
     )
     .unwrap();
+    (dir, vault)
+}
+
+fn check(tuning: Tuning) {
+    let _turn = one_at_a_time();
+    let (_dir, vault) = vault();
     let node = vault.create_file(vault.root_id(), "film", 0o644).unwrap();
     let mut data = pattern(8 * MIB + 1000, 0);
     vault
@@ -122,4 +132,50 @@ fn windows_read_with_o_direct_never_outlive_a_change() {
         direct_read_ahead: true,
         ..Tuning::default()
     });
+}
+
+#[test]
+fn readers_that_stop_mid_file_give_their_windows_to_a_new_one_once_idle() {
+    let _turn = one_at_a_time();
+    let (_dir, vault) = vault();
+    let engine = Engine::start(&EngineConfig::default()).unwrap();
+    let data = pattern(6 * MIB, 7);
+    let mut files = Vec::new();
+    for id in 0..(oxcrypt_io::ahead::BUDGET / 2 + 1) as u64 {
+        let node = vault
+            .create_file(vault.root_id(), &format!("film{id}"), 0o644)
+            .unwrap();
+        vault
+            .open_file(&node, true)
+            .unwrap()
+            .write_at(0, &data)
+            .unwrap();
+        files.push(OpenFile::new(id, vault.open_file(&node, false).unwrap()));
+    }
+    let (late, stopped) = files.split_last().unwrap();
+    // Readers that read 2 MiB and stop, their files open: windows for each, until the
+    // budget is gone.
+    for file in stopped {
+        for at in [0, MIB] {
+            assert_eq!(read(&engine, file, at, MIB), data[at..at + MIB]);
+        }
+        engine.drain();
+        assert!(file.decrypted_ahead() > 0);
+    }
+    // A new reader while they are recent: none left for it.
+    for at in [0, MIB] {
+        assert_eq!(read(&engine, late, at, MIB), data[at..at + MIB]);
+    }
+    engine.drain();
+    assert_eq!(late.decrypted_ahead(), 0);
+    // Once they have been idle long enough, its next READ takes theirs.
+    std::thread::sleep(oxcrypt_io::ahead::IDLE + std::time::Duration::from_millis(100));
+    assert_eq!(read(&engine, late, 2 * MIB, MIB), data[2 * MIB..3 * MIB]);
+    engine.drain();
+    assert!(late.decrypted_ahead() > 0, "no window for the new reader");
+    assert!(stopped.iter().any(|f| f.decrypted_ahead() == 0));
+    // Everyone reads on, right.
+    for file in files.iter() {
+        assert_eq!(read(&engine, file, 3 * MIB, MIB), data[3 * MIB..4 * MIB]);
+    }
 }
