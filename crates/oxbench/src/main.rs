@@ -80,7 +80,9 @@ enum Cmd {
         /// `oxcrypt-uring` and `oxcrypt-devfuse` force one transport (the ring needs
         /// enable_uring=Y; run under ci/with-enable-uring.sh); `oxcrypt-nowriteback` turns the
         /// kernel's writeback cache off; `oxcrypt-uring-noahead` and `oxcrypt-devfuse-noahead`
-        /// are those transports without decrypting ahead of sequential readers.
+        /// are those transports without decrypting ahead of sequential readers;
+        /// `NAME@opt=value+opt2` is the oxcrypt target NAME mounted with `--opt value --opt2`
+        /// as well (e.g. `oxcrypt-devfuse@read-ahead-kb=4096`).
         #[arg(
             long,
             value_delimiter = ',',

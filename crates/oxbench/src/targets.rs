@@ -62,6 +62,24 @@ impl Target {
 
     /// The target called `name`; `None` (with the reason) if it cannot run here.
     pub fn by_name(name: &str, oxcrypt_bin: &Path) -> Result<Target, String> {
+        // `oxcrypt-…@opt=value+opt2`: that oxcrypt target with `--opt value --opt2` added.
+        if let Some((base, extra)) = name.split_once('@') {
+            let mut target = Self::by_name(base, oxcrypt_bin)?;
+            let Kind::Oxcrypt { args, .. } = &mut target.kind else {
+                return Err(format!(
+                    "{name}: options after `@` are for oxcrypt targets only"
+                ));
+            };
+            for opt in extra.split('+').filter(|o| !o.is_empty()) {
+                let (key, value) = opt
+                    .split_once('=')
+                    .map_or((opt, None), |(k, v)| (k, Some(v)));
+                args.push(format!("--{key}"));
+                args.extend(value.map(str::to_string));
+            }
+            target.name = name.to_string();
+            return Ok(target);
+        }
         let need = |bin: &str| {
             if which(bin) {
                 Ok(())
