@@ -6,7 +6,8 @@
 #                settings of oxcrypt's /dev/fuse transport, one pread per READ)
 #   fuse-zeros   a FUSE file answered with zeros (no disk, no work: FUSE's own cost)
 #   oxcrypt      the same bytes in a vault, mounted with the extra arguments given here
-# in MB/s. Run under ci/with-enable-uring.sh with --transport uring for the ring.
+# in MB/s, with the share of the two CPUs left idle (or waiting for the disk) during the read.
+# Run under ci/with-enable-uring.sh with --transport uring for the ring.
 set -e
 here=$(cd "$(dirname "$0")/.." && pwd)
 cargo build -q --release --manifest-path "$here/Cargo.toml" -p oxcrypt-cli -p oxcrypt-fuse --example fuse_ceiling
@@ -27,9 +28,16 @@ done
 # The kernel's read-ahead of a FUSE mount starts at 128 KiB; oxcrypt sets 1 MiB on its own.
 for m in pass zeros; do echo 1024 > /sys/class/bdi/$(mountpoint -d $w/$m)/read_ahead_kb; done
 cp $w/p/f $w/ox/f; sync
-rate() { echo 3 > /proc/sys/vm/drop_caches; s=$(date +%s.%N); dd if=$1 of=/dev/null bs=1M status=none
-  printf "%5.0f" $(echo "$size / 1000000 / ($(date +%s.%N) - $s)" | bc -l); }
-echo "round  plain  fuse-pread  fuse-zeros  oxcrypt   (MB/s)"
+# idle and iowait ticks, and all ticks, from /proc/stat
+ticks() { read -r _ u n s i io rest < /proc/stat; echo $((i + io)) $((u + n + s + i + io)); }
+rate() {
+  echo 3 > /proc/sys/vm/drop_caches
+  read i0 t0 < <(ticks); s=$(date +%s.%N)
+  dd if=$1 of=/dev/null bs=1M status=none
+  read i1 t1 < <(ticks)
+  printf "%5.0f (%2d%%)" $(echo "$size / 1000000 / ($(date +%s.%N) - $s)" | bc -l) $(( (i1 - i0) * 100 / (t1 - t0) ))
+}
+echo "MB/s (idle)  plain        fuse-pread   fuse-zeros   oxcrypt"
 for r in 1 2 3; do
-  printf "%5s  %5s  %10s  %10s  %7s\n" $r $(rate $w/p/f) $(rate $w/pass/data) $(rate $w/zeros/data) $(rate $w/ox/f)
+  echo "round $r      $(rate $w/p/f)  $(rate $w/pass/data)  $(rate $w/zeros/data)  $(rate $w/ox/f)"
 done
