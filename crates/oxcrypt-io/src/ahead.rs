@@ -446,18 +446,6 @@ impl ReadAhead {
         }
     }
 
-    /// Whether a READ at `offset` continues a run that windows were asked for (a busy lock
-    /// counts as yes).
-    pub(crate) fn streaming(&self, offset: u64) -> bool {
-        if !self.armed.load(Ordering::Acquire) {
-            return false;
-        }
-        match self.run.try_lock() {
-            Ok(run) => offset <= run.next && offset + WINDOW as u64 >= run.next,
-            Err(_) => true,
-        }
-    }
-
     /// Cleartext bytes held in windows.
     pub(crate) fn held(&self) -> u64 {
         self.run().windows.iter().map(|w| w.placed.len as u64).sum()
@@ -705,24 +693,6 @@ mod tests {
             assert_eq!(ra.serve(2 * W, &mut out, 0, false), Some(4096));
             expect(2 * W, &out);
         }
-    }
-
-    #[test]
-    fn only_a_read_that_continues_a_run_with_windows_is_streaming() {
-        let _turn = one_at_a_time();
-        let ra = Arc::new(ReadAhead::default());
-        // The first READs of a file: no windows asked for, no stream yet.
-        ra.after_read(0, WINDOW, WINDOW, 0);
-        assert!(!ra.streaming(W));
-        assert!(!ra.after_read(W, WINDOW, WINDOW, 0).is_empty());
-        // Windows asked for: the next READ continues the stream, a seek does not.
-        assert!(ra.streaming(2 * W));
-        assert!(ra.streaming(2 * W - 4096));
-        assert!(!ra.streaming(40 * W));
-        assert!(!ra.streaming(0));
-        // A seek ends the run: nothing is streaming until windows are asked for again.
-        ra.after_read(40 * W, WINDOW, WINDOW, 0);
-        assert!(!ra.streaming(41 * W));
     }
 
     #[test]

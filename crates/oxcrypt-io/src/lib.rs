@@ -372,11 +372,7 @@ impl Engine {
                 return Ok(n);
             }
         }
-        // A large READ on a ring queue thread: one that continues a stream goes to the blocking
-        // pool, which spreads the stream over the cores; any other (a seek, a file's first
-        // READs) is waited for by its reader, and is decrypted here if its ciphertext is in the
-        // page cache (kernel-notes: the READ after a skip, p50 0.52-0.84 -> 0.31-0.43 ms).
-        if nowait::decrypt() && (!ahead || file.ahead.streaming(offset)) {
+        if nowait::decrypt() {
             return Err(nowait::would_block());
         }
         let n = local::with_io(self.mode, !self.tuning.unregistered_buffers, |io| {

@@ -12,8 +12,7 @@ thread_local! {
     static CHANGES: Cell<bool> = const { Cell::new(false) };
     /// Read ciphertext with `RWF_NOWAIT` (only what is in the page cache).
     static DISK: Cell<bool> = const { Cell::new(false) };
-    /// Answer a READ that continues a sequential stream only from bytes already decrypted
-    /// ahead of it (`ahead.rs`).
+    /// Answer a READ only from bytes already decrypted ahead of the reader (`ahead.rs`).
     static DECRYPT: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -29,12 +28,9 @@ pub fn no_wait(disk: bool) -> NoWait {
     enter(disk, false)
 }
 
-/// Like [`no_wait`]`(true)`, for a large READ on a ring queue thread, where decrypting a
-/// stream's READs one after another would leave the other cores idle: a READ that continues a
-/// stream decrypted ahead (`ahead.rs`) is answered only from its windows, EAGAIN otherwise, so
-/// that the blocking pool spreads the stream over the cores; other READs (a seek, a file's
-/// first READs) are waited for by their reader and are answered here if their ciphertext is
-/// in the page cache. With decrypting ahead off, every such READ gets EAGAIN.
+/// Like [`no_wait`]`(true)`, and a READ does not even decrypt here: it is answered only from
+/// bytes already decrypted ahead of a sequential reader, EAGAIN otherwise (a large READ on a
+/// ring queue thread, where decrypting a whole window would hold up the queue).
 pub fn no_wait_decrypted_only() -> NoWait {
     enter(true, true)
 }

@@ -179,31 +179,3 @@ fn readers_that_stop_mid_file_give_their_windows_to_a_new_one_once_idle() {
         assert_eq!(read(&engine, file, 3 * MIB, MIB), data[3 * MIB..4 * MIB]);
     }
 }
-
-#[test]
-fn on_a_ring_queue_a_seek_with_cached_ciphertext_is_answered_in_place() {
-    let _turn = one_at_a_time();
-    let (_dir, vault) = vault();
-    let engine = Engine::start(&EngineConfig::default()).unwrap();
-    let data = pattern(8 * MIB, 3);
-    let node = vault.create_file(vault.root_id(), "film", 0o644).unwrap();
-    vault
-        .open_file(&node, true)
-        .unwrap()
-        .write_at(0, &data)
-        .unwrap();
-    let file = OpenFile::new(1, vault.open_file(&node, false).unwrap());
-    for at in [0, MIB] {
-        assert_eq!(read(&engine, &file, at, MIB), data[at..at + MIB]);
-    }
-    engine.drain();
-    assert!(file.decrypted_ahead() > 0);
-    // A large READ on a ring queue thread: a seek away from the stream, its ciphertext in the
-    // page cache (just written), is read and decrypted here, not sent to the pool.
-    let _queue = oxcrypt_io::no_wait_decrypted_only();
-    let mut out = vec![0u8; MIB];
-    let n = engine
-        .read(&file, 6 * MIB as u64, &mut out)
-        .expect("a seek with cached ciphertext is answered on the queue");
-    assert_eq!(out[..n], data[6 * MIB..7 * MIB]);
-}

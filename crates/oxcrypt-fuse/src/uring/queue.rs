@@ -378,11 +378,10 @@ impl Queue {
         // Truncates and fallocates wait for the worker that runs them: straight to the pool.
         let blocks = opcode == wire::op::FALLOCATE
             || (opcode == wire::op::SETATTR && wire::u32_at(arg, 0) & wire::FATTR_SIZE != 0);
-        // Large READs of a stream are answered here only from bytes already decrypted ahead of
-        // the reader (a copy); else they go to the pool: read-ahead sends several at once, and a
-        // queue decrypting them one after another leaves the other cores idle; the pool spreads
-        // them (1 GiB cold read 1.3-1.6 -> 1.6-1.9 GB/s, kernel-notes). A large READ that starts
-        // no stream (a seek) is decrypted here if its ciphertext is cached.
+        // Large READs are answered here only from bytes already decrypted ahead of the reader
+        // (a copy); else they go to the pool: read-ahead sends several at once, and a queue
+        // decrypting them one after another leaves the other cores idle; the pool spreads
+        // them (1 GiB cold read 1.3-1.6 -> 1.6-1.9 GB/s, kernel-notes).
         let large_read = opcode == wire::op::READ && wire::u32_at(arg, 16) >= self.offload_read_min;
         let outcome = if blocks {
             Outcome::Reply {
