@@ -3,6 +3,8 @@
 //! This file holds the command-line definition and the dispatch; each command lives in
 //! `commands.rs`, file transfer in `transfer.rs`, password handling in `password.rs`.
 
+#[cfg(feature = "mimalloc")]
+mod alloc;
 mod commands;
 mod helper;
 mod mount;
@@ -13,7 +15,7 @@ mod vault_path;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::Allocator = alloc::Allocator;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
