@@ -331,7 +331,9 @@ enum Command {
         /// Metadata cache lifetime in milliseconds (daemon and kernel).
         #[arg(long, default_value_t = 1000, value_name = "MS")]
         cache_ms: u64,
-        /// Kernel read-ahead of the mount in KiB.
+        /// Kernel read-ahead of the mount in KiB. Larger values speed up one sequential reader
+        /// over `/dev/fuse` (4096: about +20 % measured) and slow down the first reads after a
+        /// seek (video p99 about twice as long); the ring transport gains nothing from them.
         #[arg(
             long,
             default_value_t = 1024,
