@@ -179,3 +179,92 @@ fn readers_that_stop_mid_file_give_their_windows_to_a_new_one_once_idle() {
         assert_eq!(read(&engine, file, 3 * MIB, MIB), data[3 * MIB..4 * MIB]);
     }
 }
+
+/// Six readers of six files at once, more than the window budget serves: each reads on in
+/// READs of varying size, now and then seeks back or stops for longer than `IDLE` (so its
+/// windows are taken by another), and checks every byte it gets; a seventh thread keeps
+/// rewriting a part of the first file, whose reader checks against what it could have been.
+#[test]
+fn many_readers_sharing_the_budget_read_right_bytes() {
+    let _turn = one_at_a_time();
+    let (_dir, vault) = vault();
+    let engine = Arc::new(Engine::start(&EngineConfig::default()).unwrap());
+    let size = 6 * MIB;
+    let mut files = Vec::new();
+    for id in 0..6u64 {
+        let node = vault
+            .create_file(vault.root_id(), &format!("f{id}"), 0o644)
+            .unwrap();
+        vault
+            .open_file(&node, true)
+            .unwrap()
+            .write_at(0, &pattern(size, id as u8))
+            .unwrap();
+        files.push(OpenFile::new(id, vault.open_file(&node, true).unwrap()));
+    }
+    // The rewritten part of file 0 holds either its first pattern or the other one, whole
+    // 4 KiB blocks at a time (each write is one block at a block boundary).
+    let (changed_from, changed_to) = (2 * MIB, 3 * MIB);
+    let other = pattern(size, 0xa5);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let writer = {
+            let (engine, file, other, stop) = (&engine, &files[0], &other, stop.clone());
+            s.spawn(move || {
+                let mut k = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let at = changed_from + (k * 7 % 256) * 4096;
+                    engine
+                        .write(
+                            file,
+                            oxcrypt_core::vault::WriteAt::Offset(at as u64),
+                            &other[at..at + 4096],
+                        )
+                        .unwrap();
+                    k += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(3));
+                }
+            })
+        };
+        let readers: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(id, file)| {
+                let engine = &engine;
+                let (mine, other) = (pattern(size, id as u8), &other);
+                s.spawn(move || {
+                    let mut at = 0usize;
+                    for step in 0..60usize {
+                        let len = [MIB, 256 << 10, MIB, 128 << 10][step % 4];
+                        let got = read(engine, file, at, len);
+                        let want = &mine[at.min(size)..(at + len).min(size)];
+                        assert_eq!(got.len(), want.len(), "file {id} at {at}");
+                        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                            let pos = at + i;
+                            let rewritten = id == 0
+                                && (changed_from..changed_to).contains(&pos)
+                                && *g == other[pos];
+                            assert!(g == w || rewritten, "file {id}: wrong byte at {pos}");
+                        }
+                        at += got.len();
+                        if at >= size || step % 13 == 12 {
+                            at = (step * MIB / 3) % size; // a seek
+                        }
+                        if step == 10 + 5 * id {
+                            // Stop for a while (each reader at another time): idle, its
+                            // windows are up for the taking by the others.
+                            std::thread::sleep(oxcrypt_io::ahead::IDLE * 11 / 10);
+                        } else {
+                            std::thread::sleep(std::time::Duration::from_millis(15));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for r in readers {
+            r.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+    });
+}
