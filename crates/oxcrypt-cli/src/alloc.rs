@@ -5,9 +5,10 @@
 //! out fresh anonymous pages already zeroed and makes them resident only when touched, so
 //! with the system allocator those buffers cost what requests write into them; mimalloc
 //! serves them from its arenas and zeroes them itself, which made both resident at once: 17
-//! of the 21 MiB of anonymous memory of an idle `/dev/fuse` mount (kernel-notes, "Memory").
-//! Allocations that large are rare (those buffers, the ring transport's page-backed buffers),
-//! so the kernel is as fast for them as any allocator, and mimalloc keeps every small one.
+//! of the 21 MiB of anonymous memory of an idle `/dev/fuse` mount (kernel-notes, "fuser's
+//! zeroed buffers, resident with mimalloc"). The ring transport maps its buffers itself
+//! (`uring/buf.rs`) for the same reason. Allocations this large are rare and long-lived, so
+//! the kernel serves them as well as any allocator, and mimalloc keeps every small one.
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ptr;
