@@ -44,16 +44,22 @@ fn vault() -> (tempfile::TempDir, Vault) {
     (dir, vault)
 }
 
-fn check(tuning: Tuning) {
-    let _turn = one_at_a_time();
-    let (_dir, vault) = vault();
-    let node = vault.create_file(vault.root_id(), "film", 0o644).unwrap();
-    let mut data = pattern(8 * MIB + 1000, 0);
+/// A file `name` in the vault's root holding `data`.
+fn stored(vault: &Vault, name: &str, data: &[u8]) -> oxcrypt_core::vault::Node {
+    let node = vault.create_file(vault.root_id(), name, 0o644).unwrap();
     vault
         .open_file(&node, true)
         .unwrap()
-        .write_at(0, &data)
+        .write_at(0, data)
         .unwrap();
+    node
+}
+
+fn check(tuning: Tuning) {
+    let _turn = one_at_a_time();
+    let (_dir, vault) = vault();
+    let mut data = pattern(8 * MIB + 1000, 0);
+    let node = stored(&vault, "film", &data);
 
     let engine = Engine::start(&EngineConfig {
         tuning,
@@ -142,14 +148,7 @@ fn readers_that_stop_mid_file_give_their_windows_to_a_new_one_once_idle() {
     let data = pattern(6 * MIB, 7);
     let mut files = Vec::new();
     for id in 0..(oxcrypt_io::ahead::BUDGET / 2 + 1) as u64 {
-        let node = vault
-            .create_file(vault.root_id(), &format!("film{id}"), 0o644)
-            .unwrap();
-        vault
-            .open_file(&node, true)
-            .unwrap()
-            .write_at(0, &data)
-            .unwrap();
+        let node = stored(&vault, &format!("film{id}"), &data);
         files.push(OpenFile::new(id, vault.open_file(&node, false).unwrap()));
     }
     let (late, stopped) = files.split_last().unwrap();
@@ -192,14 +191,7 @@ fn many_readers_sharing_the_budget_read_right_bytes() {
     let size = 6 * MIB;
     let mut files = Vec::new();
     for id in 0..6u64 {
-        let node = vault
-            .create_file(vault.root_id(), &format!("f{id}"), 0o644)
-            .unwrap();
-        vault
-            .open_file(&node, true)
-            .unwrap()
-            .write_at(0, &pattern(size, id as u8))
-            .unwrap();
+        let node = stored(&vault, &format!("f{id}"), &pattern(size, id as u8));
         files.push(OpenFile::new(id, vault.open_file(&node, true).unwrap()));
     }
     // The rewritten part of file 0 holds either its first pattern or the other one, whole
