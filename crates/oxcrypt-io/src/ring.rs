@@ -188,11 +188,10 @@ impl CiphertextIo for RingIo {
         at: u64,
         parts: &mut [io::IoSliceMut<'_>],
     ) -> io::Result<usize> {
-        if !crate::nowait::disk() {
-            return oxcrypt_core::chunk_io::preadv_full(file, at, parts, 0);
-        }
-        match oxcrypt_core::chunk_io::preadv_full(file, at, parts, libc::RWF_NOWAIT) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EOPNOTSUPP)) => {
+        let no_wait = crate::nowait::disk();
+        let flags = if no_wait { libc::RWF_NOWAIT } else { 0 };
+        match oxcrypt_core::chunk_io::preadv_full(file, at, parts, flags) {
+            Err(e) if no_wait && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP)) => {
                 Err(io::Error::from_raw_os_error(libc::EAGAIN))
             }
             r => r,
