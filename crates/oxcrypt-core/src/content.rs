@@ -403,15 +403,7 @@ impl ContentCryptor {
         out: &mut [u8],
     ) -> Result<usize, CryptoError> {
         let nl = self.combo.nonce_len();
-        let tl = self.combo.tag_len();
-        // An empty chunk (exactly the overhead) only occurs in dirid.c9r; callers that must not
-        // accept one check for it (see decrypt_small).
-        if data.len() < self.combo.chunk_overhead()
-            || data.len() > self.combo.chunk_ciphertext_len()
-        {
-            return Err(CryptoError::Truncated(ContentPart::Chunk(index)));
-        }
-        let n = data.len() - nl - tl;
+        let n = self.chunk_body_len(index, data.len())?;
         let ct = &data[nl..nl + n];
         let tag = &data[nl + n..];
         match &header.chunk_key {
@@ -434,10 +426,22 @@ impl ContentCryptor {
         Ok(n)
     }
 
+    /// The body length of chunk `index` whose ciphertext is `len` bytes long (nonce, body,
+    /// tag), or `Truncated` if no chunk is that long. An empty chunk (exactly the overhead)
+    /// only occurs in dirid.c9r; callers that must not accept one check for it (see
+    /// `decrypt_small`).
+    fn chunk_body_len(&self, index: u64, len: usize) -> Result<usize, CryptoError> {
+        if len < self.combo.chunk_overhead() || len > self.combo.chunk_ciphertext_len() {
+            return Err(CryptoError::Truncated(ContentPart::Chunk(index)));
+        }
+        Ok(len - self.combo.chunk_overhead())
+    }
+
     /// Decrypts chunk `index` of an AES-GCM file whose nonce, body and tag were read apart,
     /// the body straight into its place in the reader's buffer: `body` is decrypted where it
-    /// is, with no copy (the one place a GCM chunk is opened; the whole-chunk forms call it). Errors (`Truncated`) for another cipher: those chunks are read whole.
-    /// On failure the body is zeroed.
+    /// is, with no copy (the one place a GCM chunk is opened; the whole-chunk forms call it).
+    /// Errors (`Truncated`) for another cipher: those chunks are read whole. On failure the
+    /// body is zeroed.
     pub fn decrypt_chunk_split(
         &self,
         header: &FileHeader,
@@ -477,13 +481,7 @@ impl ContentCryptor {
         chunk: &mut [u8],
     ) -> Result<usize, CryptoError> {
         let nl = self.combo.nonce_len();
-        let tl = self.combo.tag_len();
-        if chunk.len() < self.combo.chunk_overhead()
-            || chunk.len() > self.combo.chunk_ciphertext_len()
-        {
-            return Err(CryptoError::Truncated(ContentPart::Chunk(index)));
-        }
-        let n = chunk.len() - nl - tl;
+        let n = self.chunk_body_len(index, chunk.len())?;
         match &header.chunk_key {
             ChunkKey::Gcm(_) => {
                 let (head, rest) = chunk.split_at_mut(nl);

@@ -172,8 +172,8 @@ impl FileHandle {
     }
 
     /// How many times the file's lock was taken to change it: while this returns what
-    /// [`read_ahead_with`](Self::read_ahead_with) returned, the bytes it read are still the
-    /// file's (within this handle; a change behind the mount is not counted).
+    /// [`read_ahead_in_place`](Self::read_ahead_in_place) returned, the bytes it read are
+    /// still the file's (within this handle; a change behind the mount is not counted).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
