@@ -528,6 +528,14 @@ mod tests {
 
     const W: u64 = WINDOW as u64;
 
+    /// Decrypts the windows `asks` of `ra` with `read`, as the workers would.
+    fn fill_all(ra: &ReadAhead, asks: Vec<Ask>, read: &impl Fn(u64, &mut [u8]) -> (InPlace, u64)) {
+        for ask in asks {
+            let s = ask.start;
+            ra.fill(ask, |buf| Ok(read(s, buf)));
+        }
+    }
+
     /// The window budget is the process's: these tests take turns.
     fn one_at_a_time() -> MutexGuard<'static, ()> {
         static TURN: Mutex<()> = Mutex::new(());
@@ -549,10 +557,7 @@ mod tests {
             asks.iter().map(|a| a.start).collect::<Vec<_>>(),
             vec![2 * W, 3 * W]
         );
-        for ask in asks {
-            let s = ask.start;
-            ra.fill(ask, |buf| Ok(read(s, buf)));
-        }
+        fill_all(&ra, asks, &read);
         // A READ across the two windows, not aligned to them.
         let n = ra.serve(2 * W + 5, &mut out, 7, false).unwrap();
         assert_eq!(n, WINDOW);
@@ -569,10 +574,7 @@ mod tests {
         let read = reader(size, 1);
         let mut out = vec![0u8; WINDOW];
         ra.after_read(0, WINDOW, WINDOW, 0);
-        for ask in ra.after_read(W, WINDOW, WINDOW, 0) {
-            let s = ask.start;
-            ra.fill(ask, |buf| Ok(read(s, buf)));
-        }
+        fill_all(&ra, ra.after_read(W, WINDOW, WINDOW, 0), &read);
         assert_eq!(ra.serve(2 * W, &mut out, 1, false), Some(WINDOW));
         ra.after_read(2 * W, WINDOW, WINDOW, 0);
         assert_eq!(ra.serve(3 * W, &mut out, 1, false), Some(1000));
@@ -656,10 +658,7 @@ mod tests {
         let read = reader(100 * W, 0);
         let stream = |ra: &Arc<ReadAhead>, from: u64| {
             for k in 0..2 {
-                for ask in ra.after_read(from + k * W, WINDOW, WINDOW, 0) {
-                    let s = ask.start;
-                    ra.fill(ask, |buf| Ok(read(s, buf)));
-                }
+                fill_all(ra, ra.after_read(from + k * W, WINDOW, WINDOW, 0), &read);
             }
         };
         // Readers that stopped mid-file, their files open, hold the whole budget.
@@ -706,10 +705,7 @@ mod tests {
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_millis(5));
                 let read = reader(10 * W, 3);
-                for ask in asks {
-                    let s = ask.start;
-                    ra.fill(ask, |buf| Ok(read(s, buf)));
-                }
+                fill_all(&ra, asks, &read);
             })
         };
         let mut out = vec![0u8; 4096];
