@@ -6,7 +6,8 @@
 #                settings of oxcrypt's /dev/fuse transport, one pread per READ)
 #   fuse-zeros   a FUSE file answered with zeros (no disk, no work: FUSE's own cost)
 #   oxcrypt      the same bytes in a vault, mounted with the extra arguments given here
-# in MB/s, with the share of the two CPUs left idle (or waiting for the disk) during the read.
+# in MB/s, with the share of the two CPUs left idle (or waiting for the disk) during the read
+# and the CPU time all of the machine spent per MiB read (every process and the kernel).
 # Run under ci/with-enable-uring.sh with --transport uring for the ring.
 set -e
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,9 +36,11 @@ rate() {
   read i0 t0 < <(ticks); s=$(date +%s.%N)
   dd if=$1 of=/dev/null bs=1M status=none
   read i1 t1 < <(ticks)
-  printf "%5.0f (%2d%%)" $(echo "$size / 1000000 / ($(date +%s.%N) - $s)" | bc -l) $(( (i1 - i0) * 100 / (t1 - t0) ))
+  # ticks are 10 ms (USER_HZ 100): busy ticks * 10000 us / MiB read
+  printf "%5.0f (%2d%%, %3d us)" $(echo "$size / 1000000 / ($(date +%s.%N) - $s)" | bc -l) \
+    $(( (i1 - i0) * 100 / (t1 - t0) )) $(( (t1 - t0 - i1 + i0) * 10000 / (size >> 20) ))
 }
-echo "MB/s (idle)  plain        fuse-pread   fuse-zeros   oxcrypt"
+echo "MB/s (idle, CPU per MiB)  plain  fuse-pread  fuse-zeros  oxcrypt"
 for r in 1 2 3; do
   echo "round $r      $(rate $w/p/f)  $(rate $w/pass/data)  $(rate $w/zeros/data)  $(rate $w/ox/f)"
 done

@@ -82,7 +82,8 @@ enum Cmd {
         /// kernel's writeback cache off; `oxcrypt-uring-noahead` and `oxcrypt-devfuse-noahead`
         /// are those transports without decrypting ahead of sequential readers;
         /// `NAME@opt=value+opt2` is the oxcrypt target NAME mounted with `--opt value --opt2`
-        /// as well (e.g. `oxcrypt-devfuse@read-ahead-kb=4096`).
+        /// as well (e.g. `oxcrypt-devfuse@read-ahead-kb=4096`), and `+env.VAR=value` sets VAR
+        /// in its environment (e.g. `oxcrypt-uring@env.OXCRYPT_RING_NOPIN=1`).
         #[arg(
             long,
             value_delimiter = ',',

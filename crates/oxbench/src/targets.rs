@@ -19,7 +19,12 @@ pub struct Target {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Oxcrypt { bin: PathBuf, args: Vec<String> },
+    Oxcrypt {
+        bin: PathBuf,
+        args: Vec<String>,
+        /// Environment variables set for the mount (`@env.NAME=value`).
+        env: Vec<(String, String)>,
+    },
     Gocryptfs,
     Securefs,
     Cryfs,
@@ -62,10 +67,11 @@ impl Target {
 
     /// The target called `name`; `None` (with the reason) if it cannot run here.
     pub fn by_name(name: &str, oxcrypt_bin: &Path) -> Result<Target, String> {
-        // `oxcrypt-…@opt=value+opt2`: that oxcrypt target with `--opt value --opt2` added.
+        // `oxcrypt-…@opt=value+opt2+env.NAME=value`: that oxcrypt target with `--opt value --opt2`
+        // added and NAME=value in its environment.
         if let Some((base, extra)) = name.split_once('@') {
             let mut target = Self::by_name(base, oxcrypt_bin)?;
-            let Kind::Oxcrypt { args, .. } = &mut target.kind else {
+            let Kind::Oxcrypt { args, env, .. } = &mut target.kind else {
                 return Err(format!(
                     "{name}: options after `@` are for oxcrypt targets only"
                 ));
@@ -74,6 +80,10 @@ impl Target {
                 let (key, value) = opt
                     .split_once('=')
                     .map_or((opt, None), |(k, v)| (k, Some(v)));
+                if let Some(var) = key.strip_prefix("env.") {
+                    env.push((var.to_string(), value.unwrap_or("1").to_string()));
+                    continue;
+                }
                 args.push(format!("--{key}"));
                 args.extend(value.map(str::to_string));
             }
@@ -91,20 +101,24 @@ impl Target {
         };
         let kind = match name {
             "oxcrypt" => Kind::Oxcrypt {
+                env: vec![],
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec![],
             },
             // The same binary with each transport forced (the ring needs enable_uring=Y).
             "oxcrypt-uring" => Kind::Oxcrypt {
+                env: vec![],
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec!["--transport".into(), "uring".into()],
             },
             "oxcrypt-devfuse" => Kind::Oxcrypt {
+                env: vec![],
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec!["--transport".into(), "dev-fuse".into()],
             },
             // Each transport without decrypting ahead of sequential readers (issue 11).
             "oxcrypt-uring-noahead" | "oxcrypt-devfuse-noahead" => Kind::Oxcrypt {
+                env: vec![],
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec![
                     "--transport".into(),
@@ -120,6 +134,7 @@ impl Target {
             },
             // The kernel's writeback cache off (it is on by default).
             "oxcrypt-nowriteback" => Kind::Oxcrypt {
+                env: vec![],
                 bin: oxcrypt_bin.to_path_buf(),
                 args: vec!["--writeback-cache".into(), "off".into()],
             },
@@ -162,6 +177,7 @@ impl Target {
         Target {
             name: label.to_string(),
             kind: Kind::Oxcrypt {
+                env: vec![],
                 bin: bin.to_path_buf(),
                 args: args.iter().map(|s| s.to_string()).collect(),
             },
@@ -221,7 +237,7 @@ impl Target {
                     _store: Some(store),
                 });
             }
-            Kind::Oxcrypt { bin, args } => {
+            Kind::Oxcrypt { bin, args, env } => {
                 std::fs::remove_dir(&cipher)?;
                 run(Command::new(bin)
                     .arg("init")
@@ -236,7 +252,8 @@ impl Target {
                     .arg(&mnt)
                     .arg("--password-file")
                     .arg(&pwfile)
-                    .args(args);
+                    .args(args)
+                    .envs(env.iter().map(|(k, v)| (k, v)));
                 c
             }
             Kind::Gocryptfs => {
