@@ -406,3 +406,40 @@ impl Drop for Mounted {
         self.teardown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_after_at_become_mount_arguments_and_environment() {
+        let bin = Path::new("/bin/oxcrypt");
+        let t = Target::by_name(
+            "oxcrypt-uring@read-ahead-kb=4096+stats+env.OXCRYPT_RING_NOPIN=1+env.FLAG",
+            bin,
+        )
+        .unwrap();
+        assert_eq!(
+            t.name,
+            "oxcrypt-uring@read-ahead-kb=4096+stats+env.OXCRYPT_RING_NOPIN=1+env.FLAG"
+        );
+        let Kind::Oxcrypt { args, env, .. } = &t.kind else {
+            panic!("not an oxcrypt target");
+        };
+        assert_eq!(
+            args,
+            &["--transport", "uring", "--read-ahead-kb", "4096", "--stats"]
+        );
+        assert_eq!(
+            env,
+            &[
+                ("OXCRYPT_RING_NOPIN".to_string(), "1".to_string()),
+                ("FLAG".to_string(), "1".to_string())
+            ]
+        );
+        assert!(Target::by_name("plain@stats", bin)
+            .err()
+            .unwrap()
+            .contains("oxcrypt targets only"));
+    }
+}
