@@ -29,18 +29,8 @@ done
 # The kernel's read-ahead of a FUSE mount starts at 128 KiB; oxcrypt sets 1 MiB on its own.
 for m in pass zeros; do echo 1024 > /sys/class/bdi/$(mountpoint -d $w/$m)/read_ahead_kb; done
 cp $w/p/f $w/ox/f; sync
-# idle and iowait ticks, and all ticks, from /proc/stat
-ticks() { read -r _ u n s i io rest < /proc/stat; echo $((i + io)) $((u + n + s + i + io)); }
-rate() {
-  echo 3 > /proc/sys/vm/drop_caches
-  read i0 t0 < <(ticks); s=$(date +%s.%N)
-  dd if=$1 of=/dev/null bs=1M status=none
-  read i1 t1 < <(ticks)
-  # ticks are 10 ms (USER_HZ 100): busy ticks * 10000 us / MiB read
-  printf "%5.0f (%2d%%, %3d us)" $(echo "$size / 1000000 / ($(date +%s.%N) - $s)" | bc -l) \
-    $(( (i1 - i0) * 100 / (t1 - t0) )) $(( (t1 - t0 - i1 + i0) * 10000 / (size >> 20) ))
-}
+. "$here/kernel-notes/read-rate.sh"
 echo "MB/s (idle, CPU per MiB)  plain  fuse-pread  fuse-zeros  oxcrypt"
 for r in 1 2 3; do
-  echo "round $r      $(rate $w/p/f)  $(rate $w/pass/data)  $(rate $w/zeros/data)  $(rate $w/ox/f)"
+  echo "round $r      $(rate $w/p/f $size)  $(rate $w/pass/data $size)  $(rate $w/zeros/data $size)  $(rate $w/ox/f $size)"
 done

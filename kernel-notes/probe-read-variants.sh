@@ -24,19 +24,10 @@ for spec in "$@"; do
   labels+=("$label"); n=$((n + 1))
 done
 cp $w/p/f $w/m0/f; sync
-ticks() { read -r _ u n s i io rest < /proc/stat; echo $((i + io)) $((u + n + s + i + io)); }
-rate() {
-  echo 3 > /proc/sys/vm/drop_caches
-  read i0 t0 < <(ticks); s=$(date +%s.%N)
-  dd if=$1 of=/dev/null bs=1M status=none
-  read i1 t1 < <(ticks)
-  # ticks are 10 ms (USER_HZ 100): busy ticks * 10000 us / MiB read
-  printf "%5.0f (%2d%%, %3d us)  " $(echo "$size / 1000000 / ($(date +%s.%N) - $s)" | bc -l) \
-    $(( (i1 - i0) * 100 / (t1 - t0) )) $(( (t1 - t0 - i1 + i0) * 10000 / (size >> 20) ))
-}
+. "$here/kernel-notes/read-rate.sh"
 echo "MB/s (idle, CPU per MiB): plain ${labels[*]}"
 for r in $(seq ${ROUNDS:-3}); do
-  line="round $r  $(rate $w/p/f)"
-  for k in $(seq 0 $((n - 1))); do line="$line$(rate $w/m$k/f)"; done
+  line="round $r  $(rate $w/p/f $size)"
+  for k in $(seq 0 $((n - 1))); do line="$line$(rate $w/m$k/f $size)"; done
   echo "$line"
 done
