@@ -154,6 +154,23 @@ impl RingIo {
     }
 }
 
+/// A scattered read as the ring's I/O does it (the doc of its `read_scattered`): a `preadv2`,
+/// with `RWF_NOWAIT` in no-wait mode; needs no ring.
+pub(crate) fn read_scattered(
+    file: &File,
+    at: u64,
+    parts: &mut [io::IoSliceMut<'_>],
+) -> io::Result<usize> {
+    let no_wait = crate::nowait::disk();
+    let flags = if no_wait { libc::RWF_NOWAIT } else { 0 };
+    match oxcrypt_core::chunk_io::preadv_full(file, at, parts, flags) {
+        Err(e) if no_wait && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP)) => {
+            Err(io::Error::from_raw_os_error(libc::EAGAIN))
+        }
+        r => r,
+    }
+}
+
 impl CiphertextIo for RingIo {
     fn buffers(&mut self) -> (&mut [u8], &mut [u8]) {
         (&mut self.buf, &mut self.scratch)
@@ -188,14 +205,7 @@ impl CiphertextIo for RingIo {
         at: u64,
         parts: &mut [io::IoSliceMut<'_>],
     ) -> io::Result<usize> {
-        let no_wait = crate::nowait::disk();
-        let flags = if no_wait { libc::RWF_NOWAIT } else { 0 };
-        match oxcrypt_core::chunk_io::preadv_full(file, at, parts, flags) {
-            Err(e) if no_wait && matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP)) => {
-                Err(io::Error::from_raw_os_error(libc::EAGAIN))
-            }
-            r => r,
-        }
+        read_scattered(file, at, parts)
     }
 
     fn write(&mut self, file: &File, from: usize, len: usize, at: u64) -> io::Result<()> {
