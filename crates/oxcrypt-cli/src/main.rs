@@ -331,16 +331,13 @@ enum Command {
         /// Metadata cache lifetime in milliseconds (daemon and kernel).
         #[arg(long, default_value_t = 1000, value_name = "MS")]
         cache_ms: u64,
-        /// Kernel read-ahead of the mount in KiB. Larger values speed up one sequential reader
-        /// over `/dev/fuse` (4096: about +20 % measured) and slow down the first reads after a
-        /// seek (video p99 about twice as long); the ring transport gains nothing from them.
-        #[arg(
-            long,
-            default_value_t = 1024,
-            value_name = "KIB",
-            env = "OXCRYPT_READ_AHEAD_KB"
-        )]
-        read_ahead_kb: u32,
+        /// Kernel read-ahead of the mount in KiB [default: 1024 over /dev/fuse, 128 on the
+        /// io_uring transport]. Over /dev/fuse larger values speed up one sequential reader
+        /// (4096: about +20 % measured) and slow down the first reads after a seek (video p99
+        /// about twice as long). On the ring the daemon decrypts ahead of sequential readers
+        /// itself: more kernel read-ahead reads no faster there and delays reads after a seek.
+        #[arg(long, value_name = "KIB", env = "OXCRYPT_READ_AHEAD_KB")]
+        read_ahead_kb: Option<u32>,
         /// The kernel's writeback cache: `write(2)` returns once the bytes are in the page
         /// cache and the kernel sends them in large batches, several at once, so one writer's
         /// stream is encrypted on every core. A full disk is then reported by `fsync(2)` or

@@ -25,7 +25,7 @@ pub struct MountArgs<'a> {
     pub init: bool,
     pub daemon: bool,
     pub ttl_ms: u64,
-    pub read_ahead_kb: u32,
+    pub read_ahead_kb: Option<u32>,
     pub writeback_cache: bool,
     pub transport: oxcrypt_fuse::TransportChoice,
     pub ring_depth: usize,

@@ -669,6 +669,43 @@ fn every_format8_fixture_mounts_with_its_manifest() {
     assert!(mounted >= 5);
 }
 
+/// The kernel read-ahead of the mount at `mnt` (its bdi's `read_ahead_kb`), found through
+/// mountinfo (a stat of the mountpoint would be a FUSE request).
+fn read_ahead_kb(mnt: &Path) -> u32 {
+    let mnt = mnt.to_str().unwrap();
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dev = info
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 4 && f[4] == mnt)
+        .map(|f| f[2].to_string())
+        .expect("the mount is in mountinfo");
+    fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Over `/dev/fuse` the kernel's read-ahead keeps a sequential reader's READs in flight, so
+/// the mount raises it to 1 MiB; on the ring the daemon decrypts ahead itself and keeps the
+/// kernel's 128 KiB, which lets the first reads after a seek through sooner. An explicit
+/// `--read-ahead-kb` wins on either.
+#[test]
+fn the_kernel_read_ahead_suits_the_transport_unless_given() {
+    let want = if ring_run() { 128 } else { 1024 };
+    let m = Mount::fresh(&[]);
+    eventually(10, "the read-ahead was not set", || {
+        read_ahead_kb(&m.mnt) == want
+    });
+    assert!(m.unmount().success());
+    let m = Mount::fresh(&["--read-ahead-kb", "512"]);
+    eventually(10, "--read-ahead-kb was not applied", || {
+        read_ahead_kb(&m.mnt) == 512
+    });
+    assert!(m.unmount().success());
+}
+
 #[test]
 fn io_uring_ring_and_registered_buffers_are_in_use() {
     let m = Mount::fresh(&[]);
