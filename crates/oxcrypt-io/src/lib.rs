@@ -26,6 +26,8 @@ pub mod ahead;
 mod local;
 mod nowait;
 mod ring;
+#[cfg(test)]
+mod test_files;
 mod tuning;
 mod worker;
 

@@ -137,13 +137,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("x"))
-            .unwrap();
+        let f = crate::test_files::read_write(dir.path(), "x");
         f.write_all_at(b"nonce.body.tag", 0).unwrap();
         std::thread::spawn(move || {
             // A scattered read: no ring.

@@ -247,13 +247,7 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().unwrap();
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("x"))
-            .unwrap();
+        let f = crate::test_files::read_write(dir.path(), "x");
         io.buffers().0[..5].copy_from_slice(b"hello");
         io.write(&f, 0, 5, 3).unwrap();
         let mut back = [0u8; 8];
