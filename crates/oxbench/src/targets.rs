@@ -34,6 +34,17 @@ enum Kind {
     Mounted(PathBuf),
 }
 
+impl Kind {
+    /// An oxcrypt target: `bin` mounted with `args` added, in the environment it was run in.
+    fn oxcrypt(bin: PathBuf, args: Vec<String>) -> Kind {
+        Kind::Oxcrypt {
+            bin,
+            args,
+            env: vec![],
+        }
+    }
+}
+
 /// A mounted (or plain) target ready for a workload.
 pub struct Mounted {
     /// Where the workload runs.
@@ -100,27 +111,20 @@ impl Target {
             }
         };
         let kind = match name {
-            "oxcrypt" => Kind::Oxcrypt {
-                env: vec![],
-                bin: oxcrypt_bin.to_path_buf(),
-                args: vec![],
-            },
+            "oxcrypt" => Kind::oxcrypt(oxcrypt_bin.to_path_buf(), vec![]),
             // The same binary with each transport forced (the ring needs enable_uring=Y).
-            "oxcrypt-uring" => Kind::Oxcrypt {
-                env: vec![],
-                bin: oxcrypt_bin.to_path_buf(),
-                args: vec!["--transport".into(), "uring".into()],
-            },
-            "oxcrypt-devfuse" => Kind::Oxcrypt {
-                env: vec![],
-                bin: oxcrypt_bin.to_path_buf(),
-                args: vec!["--transport".into(), "dev-fuse".into()],
-            },
+            "oxcrypt-uring" => Kind::oxcrypt(
+                oxcrypt_bin.to_path_buf(),
+                vec!["--transport".into(), "uring".into()],
+            ),
+            "oxcrypt-devfuse" => Kind::oxcrypt(
+                oxcrypt_bin.to_path_buf(),
+                vec!["--transport".into(), "dev-fuse".into()],
+            ),
             // Each transport without decrypting ahead of sequential readers (issue 11).
-            "oxcrypt-uring-noahead" | "oxcrypt-devfuse-noahead" => Kind::Oxcrypt {
-                env: vec![],
-                bin: oxcrypt_bin.to_path_buf(),
-                args: vec![
+            "oxcrypt-uring-noahead" | "oxcrypt-devfuse-noahead" => Kind::oxcrypt(
+                oxcrypt_bin.to_path_buf(),
+                vec![
                     "--transport".into(),
                     if name.contains("uring") {
                         "uring"
@@ -131,13 +135,12 @@ impl Target {
                     "--ablate".into(),
                     "no-decrypt-ahead".into(),
                 ],
-            },
+            ),
             // The kernel's writeback cache off (it is on by default).
-            "oxcrypt-nowriteback" => Kind::Oxcrypt {
-                env: vec![],
-                bin: oxcrypt_bin.to_path_buf(),
-                args: vec!["--writeback-cache".into(), "off".into()],
-            },
+            "oxcrypt-nowriteback" => Kind::oxcrypt(
+                oxcrypt_bin.to_path_buf(),
+                vec!["--writeback-cache".into(), "off".into()],
+            ),
             "gocryptfs" => {
                 need("gocryptfs")?;
                 Kind::Gocryptfs
@@ -176,11 +179,10 @@ impl Target {
     pub fn oxcrypt_variant(label: &str, bin: &Path, args: &[&str]) -> Target {
         Target {
             name: label.to_string(),
-            kind: Kind::Oxcrypt {
-                env: vec![],
-                bin: bin.to_path_buf(),
-                args: args.iter().map(|s| s.to_string()).collect(),
-            },
+            kind: Kind::oxcrypt(
+                bin.to_path_buf(),
+                args.iter().map(|s| s.to_string()).collect(),
+            ),
         }
     }
 

@@ -93,6 +93,17 @@ pub const READ_AHEAD_KB_DEV_FUSE: u32 = 1024;
 /// read-ahead").
 pub const READ_AHEAD_KB_RING: u32 = 128;
 
+impl MountOptions {
+    /// The kernel read-ahead to set, in KiB: the one asked for, else the transport's own.
+    fn read_ahead_kb_for(&self, ring: bool) -> u32 {
+        self.read_ahead_kb.unwrap_or(if ring {
+            READ_AHEAD_KB_RING
+        } else {
+            READ_AHEAD_KB_DEV_FUSE
+        })
+    }
+}
+
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
@@ -277,12 +288,7 @@ pub fn mount(
         fs_handle.notices().start(Box::new(session.notifier()));
         watch::Watcher::start(&fs_handle);
         let ring = stats.ring.load(std::sync::atomic::Ordering::Relaxed);
-        let read_ahead = if ring {
-            READ_AHEAD_KB_RING
-        } else {
-            READ_AHEAD_KB_DEV_FUSE
-        };
-        mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb.unwrap_or(read_ahead));
+        mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb_for(ring));
         engine.set_decrypt_ahead(ring);
         tracing::info!(
             mountpoint = %mountpoint.display(),
@@ -325,8 +331,7 @@ pub fn mount(
     let unmounter = Unmounter::Fuser(session.unmount_callable());
     fs_handle.notices().start(Box::new(session.notifier()));
     watch::Watcher::start(&fs_handle);
-    let read_ahead = options.read_ahead_kb.unwrap_or(READ_AHEAD_KB_DEV_FUSE);
-    mountpoint::set_read_ahead(mountpoint, read_ahead);
+    mountpoint::set_read_ahead(mountpoint, options.read_ahead_kb_for(false));
     tracing::info!(mountpoint = %mountpoint.display(), io = %io_mode, transport = "/dev/fuse (fuser)", "mounted");
     Ok(Mounted {
         transport: Box::new(DevFuse { session }),

@@ -118,10 +118,8 @@ impl CiphertextIo for ThreadIo {
         at: u64,
         parts: &mut [io::IoSliceMut<'_>],
     ) -> io::Result<usize> {
-        match &mut self.slot {
-            Slot::Ready(r) => r.read_scattered(file, at, parts),
-            _ => ring::read_scattered(file, at, parts),
-        }
+        // The ring's own scattered read is this `preadv2` too.
+        ring::read_scattered(file, at, parts)
     }
 }
 
